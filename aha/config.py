@@ -1,0 +1,272 @@
+"""The run configuration: one typed dataclass, YAML presets, `key=value` overrides, validation.
+
+A preset is a YAML file of overrides on top of the defaults below. `load_config` applies the
+preset, then the command line's `key=value` pairs (nested keys with dots: `rollout.temperature=0.9`,
+`task_options.data=train.jsonl`). An unknown key or a value of the wrong type is a `ConfigError`
+that names the key, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aha.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # scaling = alpha / r
+    dropout: float = 0.0  # > 0 makes the training forward differ from the rollout's
+    # 0 = adapt every decoder layer; N = only the last N. The backward pass then stops at the
+    # lowest adapted layer, which roughly halves a CPU step (the cpu-demo preset uses it).
+    last_layers: int = 0
+    # Module names to adapt; "all-linear" = every linear layer but the LM head (peft's shortcut).
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # hf (transformers generate) | native | vllm
+    num_generations: int = 8  # G: completions per prompt; advantages are relative within a group
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    batch_size: int = 0  # sequences generated at once; 0 = all of a step at once
+
+
+@dataclass
+class AlgoConfig:
+    # Advantage = (r - mean(group)) / std(group) (GRPO); scale_rewards=false keeps only the
+    # centring (Dr. GRPO, Liu et al. 2025: std scaling over-weights easy and hard groups).
+    scale_rewards: bool = True
+    # Loss aggregation: "sequence" = mean over each completion's tokens, then over completions
+    # (GRPO, Shao et al. 2024); "token" = mean over all tokens of the batch (DAPO, Yu et al. 2025);
+    # "constant" = sum over tokens / (completions * max_new_tokens) (Dr. GRPO).
+    loss_agg: str = "sequence"
+    epsilon_low: float = 0.2  # PPO clip range below 1
+    epsilon_high: float = 0.2  # above 1; DAPO's clip-higher uses 0.28
+    beta: float = 0.0  # k3 KL to the reference model; 0 skips the reference forward entirely
+    mu: int = 1  # optimizer steps per batch of rollouts (GRPO's mu); > 1 uses old log-probs
+    drop_zero_std: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+
+
+@dataclass
+class Config:
+    # --- run ---
+    output_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 100
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    deterministic: bool = False  # torch.use_deterministic_algorithms; used by the resume test
+    # --- model ---
+    model: str = "smollm2-135m"  # hub id, local dir, .gguf file, smollm2-135m, random:<arch>
+    finetune: str = "lora"  # lora | qlora (4-bit base, CUDA + bitsandbytes) | full
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    # --- task ---
+    task: str = "gsm8k"
+    task_options: dict[str, Any] = field(default_factory=dict)  # passed to get_task(task, **options)
+    # --- sampling and algorithm ---
+    prompts_per_step: int = 4  # distinct prompts per step; the batch is prompts_per_step * G
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    # --- optimisation ---
+    lr: float = 5e-6
+    lr_schedule: str = "constant"  # constant | cosine | linear (after warmup)
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    micro_batch_tokens: int = 4096  # token budget per forward/backward micro-batch
+    logprob_chunk: int = 256  # sequence chunk for log-probs: [B, chunk, vocab] logits at most
+    # --- logging, eval, checkpoints ---
+    log_completions_every: int = 1  # write completions.jsonl every N steps (0 = never)
+    probe_every: int = 10  # greedy completion of one fixed test prompt every N steps (0 = never)
+    eval_every: int = 0  # 0 = never
+    eval_limit: int = 50  # held-out examples per periodic eval
+    save_every: int = 50  # 0 = only at the end
+    keep_last: int = 3  # checkpoints kept on disk
+    tensorboard: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preset_path(name_or_path: str) -> Path:
+    """`rtx5090`, `configs/rtx5090.yaml` or any YAML path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"no config {name_or_path!r}: not a YAML file and not a preset (presets: {known})")
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    if preset is not None:
+        path = preset_path(preset)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys")
+        _apply_mapping(cfg, data, prefix="")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        set_key(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    validate(cfg)
+    return cfg
+
+
+def _apply_mapping(obj: Any, data: dict, prefix: str) -> None:
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if dataclasses.is_dataclass(getattr(obj, key, None)) and isinstance(value, dict):
+            _apply_mapping(getattr(obj, key), value, prefix=f"{full}.")
+        else:
+            set_key(obj, str(key), value, full_name=full)
+
+
+def set_key(obj: Any, dotted: str, value: Any, full_name: str | None = None) -> None:
+    """Set `a.b.c = value` with type checking; dict fields accept any sub-key."""
+    name = full_name or dotted
+    head, _, rest = dotted.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if head not in fields:
+        close = [k for k in fields if k.startswith(head[:3])]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown config key {name!r}{hint}; known keys here: {', '.join(fields)}")
+    current = getattr(obj, head)
+    if rest:
+        if dataclasses.is_dataclass(current):
+            return set_key(current, rest, value, full_name=name)
+        if isinstance(current, dict):
+            sub = current
+            *parents, leaf = rest.split(".")
+            for p in parents:
+                sub = sub.setdefault(p, {})
+            sub[leaf] = value
+            return None
+        raise ConfigError(f"config key {name!r}: {head!r} has no sub-keys")
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, head, _coerce(value, hints[head], name))
+    return None
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {name!r}: {value!r} is not a {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r}: expected a mapping, got {value!r}")
+        sub = tp()
+        _apply_mapping(sub, value, prefix=f"{name}.")
+        return sub
+    if origin is list:
+        if isinstance(value, str):  # `lora.target_modules=q_proj,v_proj` on the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {name!r}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, name) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {name!r}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {name!r}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {name!r}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key {name!r}: expected a string, got {value!r}")
+    return value
+
+
+_CHOICES = {
+    "finetune": ("lora", "qlora", "full"),
+    "lr_schedule": ("constant", "cosine", "linear"),
+    "rollout.engine": ("hf", "native", "vllm"),
+    "algo.loss_agg": ("sequence", "token", "constant"),
+}
+
+
+def validate(cfg: Config) -> None:
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+    positive = ["max_steps", "prompts_per_step", "rollout.num_generations", "rollout.max_new_tokens",
+                "algo.mu", "micro_batch_tokens", "logprob_chunk", "lora.r", "keep_last"]
+    for key in positive:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {_get(cfg, key)}")
+    non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
+                    "algo.epsilon_high", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
+                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every",
+                    "lora.last_layers"]
+    for key in non_negative:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.rollout.num_generations < 2:
+        raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,163 @@
+"""Load what was trained, for use: a checkpoint, a LoRA adapter, or a plain model.
+
+`load_trained` is what `aha eval` and `aha play` call. It reuses `aha.model` (load_base,
+resolve_device, resolve_dtype) and only adds the part that training does not need: reading a
+checkpoint's `config.yaml` to find its base model, and putting saved weights back on it.
+
+- checkpoint dir (`runs/x/checkpoints/step-N`, or a run dir: its latest checkpoint): the base
+  model, finetune mode and seed come from its `config.yaml` (the seed matters for `random:<arch>`
+  bases, whose weights it draws). LoRA/QLoRA -> the adapter on that base; full -> the saved model.
+- adapter dir (anything with `adapter_config.json`): the base is `model=` if given, else the
+  model of a `config.yaml` beside the adapter (an aha checkpoint), else the adapter's
+  `base_model_name_or_path`.
+- model name: anything `aha.model.load_base` accepts.
+
+An adapter whose weights do not fit the base is a CheckpointError naming the base it was trained
+on; one that fits a base of another *name* loads, with a warning on stderr (a hub id and a local
+copy of the same model have different names).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aha.checkpoint import ADAPTER_FILE, META_FILE, MODEL_FILE, list_checkpoints
+from aha.errors import CheckpointError, ModelError
+from aha.model import Policy, load_base, resolve_device, resolve_dtype
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """The resolved config saved beside a checkpoint or adapter (`config.yaml`), or {} if none."""
+    import yaml
+
+    file = Path(path) / "config.yaml"
+    if not file.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{file} is not valid YAML ({e}); the checkpoint is damaged") from e
+    return data if isinstance(data, dict) else {}
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory; a run directory stands for its latest checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a checkpoint directory such as "
+                              "runs/NAME/checkpoints/step-N (or a run directory for its latest checkpoint)")
+    if not _has_weights(path) and (path / "checkpoints").is_dir():
+        complete = [p for p in list_checkpoints(path) if (p / META_FILE).is_file()]
+        if not complete:
+            raise CheckpointError(f"run {path} has no complete checkpoint yet; train longer or lower save_every")
+        path = complete[-1]
+    if not _has_weights(path):
+        raise CheckpointError(f"{path} holds no weights ({ADAPTER_FILE} or {MODEL_FILE}); it is not a "
+                              "checkpoint - pass a runs/NAME/checkpoints/step-N directory")
+    if not (path / META_FILE).is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete (no {META_FILE}): it was not fully written; "
+                              "use an earlier checkpoint")
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"checkpoint {path} has no config.yaml, so its base model is unknown; "
+                              f"load it with --adapter {path} --model BASE instead")
+    return path
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """A LoRA adapter directory (one with adapter_config.json)."""
+    path = Path(path).expanduser()
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise CheckpointError(f"{path} is not a LoRA adapter directory (no {ADAPTER_CONFIG}); "
+                              "for a checkpoint use --checkpoint, for a full model --model")
+    return path
+
+
+def _has_weights(path: Path) -> bool:
+    return (path / ADAPTER_FILE).is_file() or (path / MODEL_FILE).is_file()
+
+
+def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | None = None,
+                 model: str | None = None, device: str = "auto", dtype: str = "auto") -> Policy:
+    """A ready-to-generate policy (eval mode) from a checkpoint, an adapter, or a model name.
+
+    `model` alone names a base model; with `checkpoint` or `adapter` it replaces the recorded base.
+    """
+    if checkpoint is not None and adapter is not None:
+        raise ModelError("give either a checkpoint or an adapter, not both")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if checkpoint is not None:
+        path = resolve_checkpoint(checkpoint)
+        cfg = read_run_config(path)
+        base_name = model or str(cfg.get("model") or "")
+        seed = int(cfg.get("seed", 0))
+        if (path / ADAPTER_FILE).is_file():
+            finetune = str(cfg.get("finetune", "lora"))
+            net, tok = _with_adapter(path, base_name, cfg.get("model"), dt, dev, seed, finetune == "qlora")
+        else:  # full fine-tuning: the checkpoint is itself a transformers model directory
+            finetune = "full"
+            if model:
+                print(f"aha: warning: {path} holds full weights; --model {model} is ignored", file=sys.stderr)
+            net, tok = load_base(str(path), dt)
+    elif adapter is not None:
+        path = resolve_adapter(adapter)
+        cfg = read_run_config(path)
+        recorded = cfg.get("model") or json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        base_name = model or recorded
+        if not base_name:
+            raise ModelError(f"adapter {path} does not name its base model; pass it with --model NAME")
+        finetune = "lora"
+        net, tok = _with_adapter(path, base_name, recorded, dt, dev, int(cfg.get("seed", 0)), False)
+    elif model is not None:
+        finetune = "full"
+        net, tok = load_base(model, dt)
+    else:
+        raise ModelError("nothing to load: pass --checkpoint DIR, --adapter DIR or --model NAME")
+    if tok.pad_token_id is None:  # batched generation needs a pad id; EOS is the usual stand-in
+        tok.pad_token = tok.eos_token
+    if not getattr(net, "is_loaded_in_4bit", False):
+        net.to(dev)
+    net.eval().requires_grad_(False)
+    return Policy(model=net, tokenizer=tok, device=dev, dtype=dt, finetune=finetune)
+
+
+def _with_adapter(path: Path, base_name: str, recorded: str | None, dtype: torch.dtype, device: torch.device,
+                  seed: int, qlora: bool) -> tuple[torch.nn.Module, Any]:
+    """Base model + the LoRA adapter saved in `path`; a mismatch is a CheckpointError."""
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if not base_name:
+        raise CheckpointError(f"{path}: its config.yaml names no model; pass the base with --model NAME")
+    if recorded and base_name != recorded:
+        print(f"aha: warning: adapter {path} was trained on {recorded!r}; loading it onto {base_name!r} as asked",
+              file=sys.stderr)
+    # QLoRA adapters were trained on a 4-bit base; without CUDA and bitsandbytes we use the
+    # full-precision base (close, not identical).
+    quantize = qlora and device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
+    base, tokenizer = load_base(base_name, dtype, quantize_4bit=quantize, seed=seed)
+    peft_cfg = PeftConfig.from_pretrained(str(path))
+    peft_cfg.inference_mode = True
+    fix = f"it was trained on {recorded!r}: pass --model {recorded}" if recorded else "pass its base with --model NAME"
+    try:
+        net = get_peft_model(base, peft_cfg)
+        result = set_peft_model_state_dict(net, load_file(path / ADAPTER_FILE))
+    except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, missing target modules
+        first = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(f"adapter {path} does not fit base model {base_name!r} ({first}); {fix}") from e
+    # Keys that name no module here, or adapted modules the file does not fill: another model.
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if unexpected or missing:
+        example = (unexpected or missing)[0]
+        raise CheckpointError(f"adapter {path} does not fit base model {base_name!r} "
+                              f"({len(unexpected)} unexpected, {len(missing)} missing LoRA weights, e.g. {example}); {fix}")
+    return net, tokenizer

@@ -1,0 +1,365 @@
+"""`aha play`: chat with a checkpoint, a LoRA adapter or a model, with s1-style budget forcing.
+
+    aha play --checkpoint runs/cpu-demo                  # interactive, the run's task template
+    aha play --model smollm2-135m --min-think 200         # "Wait" until 200 thinking tokens
+    printf 'What is 2+3?\\n' | aha play --model M          # scripted: one answer per input line
+
+Each question goes through the task's prompt template (gsm8k: the question as is; countdown:
+"3 7 25 50 -> 75", anything else is sent raw), so the model sees what it was trained on.
+
+Budget forcing (Muennighoff et al. 2025, "s1: Simple test-time scaling"): thinking tokens are
+the tokens generated before `</think>` (the templates pre-fill `<think>`). With --min-think N an
+earlier `</think>` (or EOS) is removed and "Wait" appended, so the model keeps thinking; with
+--max-think N, `\\n</think>\\n<answer>\\n` is appended at N thinking tokens and the model goes on
+to answer (s1 appends "Final Answer:"; our tasks answer in <answer> tags). That needs our own
+decode loop: `generate_forced` - one token at a time with the KV cache; after a rollback the cache
+is rebuilt from the kept tokens (one prefill, rare, and free of any cache-cropping API).
+
+In a terminal questions form a conversation (chat templates keep the turns; text templates append
+the next "User:" turn to the transcript) until /reset. With piped stdin each line is answered on
+its own, nothing but answers goes to stdout, and EOF exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+THINK_END = "</think>"
+WAIT = "Wait"
+FORCED_END = "\n</think>\n<answer>\n"
+_COUNTDOWN_INPUT = re.compile(r"^\s*((?:-?\d+[\s,]+)*-?\d+)\s*(?:->|=>|=|:)\s*(-?\d+)\s*$")
+
+HELP = """commands:
+  /reset          forget the conversation and restore the command-line settings
+  /temp X         sampling temperature (0 = greedy)
+  /max N          max new tokens per answer
+  /min-think N    force at least N thinking tokens ("Wait" replaces an early </think>); 0 = off
+  /max-think N    force </think> after N thinking tokens; 0 = off
+  /help           this text
+  /quit           leave (so does Ctrl-D)"""
+
+
+@dataclass
+class Settings:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    min_think: int = 0
+    max_think: int = 0
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------- decoding
+
+def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
+    """Next token from the last position's logits (V,): greedy at temperature 0, else nucleus."""
+    import torch
+
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < top_p  # the smallest set whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class _Streamer:
+    """Emits newly decoded text, holding back what is not final yet: a trailing partial UTF-8
+    character, and (while forcing is armed) a tail that could be the start of `</think>`."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None):
+        self.tokenizer, self.on_text, self.sent = tokenizer, on_text, 0
+
+    def push(self, ids: Sequence[int], hold_tag: bool, final: bool = False) -> str:
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        end = len(text)
+        if not final:
+            end = len(text.rstrip("\ufffd"))
+            if hold_tag:
+                end = min(end, _partial_tag_start(text, THINK_END))
+        if end > self.sent and self.on_text is not None:
+            self.on_text(text[self.sent:end])
+        self.sent = max(self.sent, end)
+        return text
+
+
+def _partial_tag_start(text: str, tag: str) -> int:
+    """Where a suffix of `text` that is a proper prefix of `tag` starts (len(text) if none)."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return len(text) - k
+    return len(text)
+
+
+def generate_forced(model: Any, tokenizer: Any, prompt_ids: Sequence[int], settings: Settings,
+                    eos_ids: Sequence[int], on_text: Callable[[str], None] | None = None) -> str:
+    """Decode one completion token by token with budget forcing; returns its text.
+
+    `on_text` receives the text as it becomes final; the pieces add up to the returned text.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    prompt = list(prompt_ids)
+    out: list[int] = []  # completion token ids
+    thinking = True  # until `</think>` is written (or forced); the templates pre-fill `<think>`
+    cache, n_cached = None, 0  # the KV cache covers the first n_cached tokens of prompt + out
+    streamer = _Streamer(tokenizer, on_text)
+    encode = lambda s: tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    eos = set(eos_ids)
+    with torch.no_grad():
+        while len(out) < settings.max_new_tokens:
+            seq = prompt + out
+            if n_cached > len(seq):  # a rollback dropped cached tokens: rebuild from what is kept
+                cache, n_cached = None, 0
+            res = model(input_ids=torch.tensor([seq[n_cached:]], device=device), past_key_values=cache,
+                        use_cache=True)
+            cache, n_cached = res.past_key_values, len(seq)
+            token = _sample(res.logits[0, -1], settings.temperature, settings.top_p, gen)
+            if token in eos:
+                if not (thinking and len(out) < settings.min_think):
+                    break
+                out += encode(WAIT)  # an early EOS ends thinking too: keep thinking instead
+            else:
+                out.append(token)
+            if thinking:
+                text = tokenizer.decode(out, skip_special_tokens=True)
+                cut = text.find(THINK_END)
+                if cut >= 0:
+                    before = _drop_from(out, tokenizer, cut)  # the thinking tokens, without the tag
+                    if len(before) < settings.min_think:
+                        # Too early: drop the tag, re-add any text of the dropped tokens that came
+                        # before it, and append "Wait" (s1's budget forcing).
+                        kept = tokenizer.decode(before, skip_special_tokens=True)
+                        lost = text[len(kept):cut] if text.startswith(kept) else ""
+                        out = before + encode(lost + WAIT)
+                    else:
+                        thinking = False
+                elif settings.max_think and len(out) >= settings.max_think:
+                    out += encode(FORCED_END)
+                    thinking = False
+            streamer.push(out, hold_tag=thinking and settings.min_think > 0)
+    return streamer.push(out, hold_tag=False, final=True)
+
+
+def _drop_from(ids: list[int], tokenizer: Any, cut: int) -> list[int]:
+    """The longest prefix of `ids` whose text ends before character `cut`."""
+    keep = len(ids)
+    while keep and len(tokenizer.decode(ids[:keep], skip_special_tokens=True)) > cut:
+        keep -= 1
+    return ids[:keep]
+
+
+# ---------------------------------------------------------------------------- prompts
+
+def make_prompt(task: Any, question: str) -> Any:
+    """The task's prompt for a typed question (raw text when no task or it cannot be parsed)."""
+    if task is None or not callable(getattr(task, "prompt", None)):
+        return question
+    if getattr(task, "name", "") == "countdown":
+        m = _COUNTDOWN_INPUT.match(question)
+        if not m:
+            return question
+        return task.prompt([int(x) for x in re.split(r"[\s,]+", m.group(1).strip())], int(m.group(2)))
+    return task.prompt(question)
+
+
+def prefill_of(prompt: Any) -> str:
+    """Assistant text the prompt already starts (shown with the answer so the format reads whole)."""
+    if isinstance(prompt, list):
+        last = prompt[-1] if prompt else {}
+        return str(last.get("content", "")) if last.get("role") == "assistant" else ""
+    _, sep, tail = prompt.rpartition("Assistant:")
+    return tail.lstrip(" ") if sep else ""
+
+
+@dataclass
+class Conversation:
+    """Previous turns: chat messages, or the text transcript for text templates."""
+
+    messages: list[dict[str, str]] = field(default_factory=list)
+    transcript: str = ""
+
+    def prompt(self, fresh: Any) -> Any:
+        """This turn's prompt: the fresh single-turn prompt continued from the history."""
+        if isinstance(fresh, list):
+            if not self.messages:
+                return fresh
+            return self.messages + [m for m in fresh if m.get("role") != "system"]
+        turn = fresh.rfind("\nUser:")
+        return self.transcript + fresh[turn:] if self.transcript and turn >= 0 else fresh
+
+    def add(self, prompt: Any, completion: str) -> None:
+        if isinstance(prompt, list):
+            done = [dict(m) for m in prompt]
+            if done and done[-1].get("role") == "assistant":
+                done[-1]["content"] += completion
+            else:
+                done.append({"role": "assistant", "content": completion})
+            self.messages = done
+        else:
+            self.transcript = prompt + completion
+
+
+# ---------------------------------------------------------------------------- the command
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from aha.eval_cli import add_model_arguments, add_task_arguments
+
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("input: gsm8k takes the question as is; countdown takes '3 7 25 50 -> 75' (other text is sent "
+                "raw);\n--raw sends every line without a template.\n\n" + HELP)
+    add_model_arguments(p)
+    add_task_arguments(p, default_task="gsm8k")
+    p.add_argument("--raw", action="store_true", help="no task template: send the text as typed")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
+    p.add_argument("--min-think", type=int, default=0, metavar="N",
+                   help="budget forcing: replace an early </think> with 'Wait' until N thinking tokens")
+    p.add_argument("--max-think", type=int, default=0, metavar="N", help="budget forcing: force </think> at N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jsonl", action="store_true",
+                   help="print one JSON object per answer (question, completion, answer) instead of the text")
+
+
+def run(args: argparse.Namespace) -> int:
+    from aha.errors import ConfigError
+    from aha.eval_cli import build_task, run_config, task_spec
+    from aha.inference import load_trained
+
+    if args.min_think < 0 or args.max_think < 0 or args.max_new_tokens < 1:
+        raise ConfigError("--min-think and --max-think must be >= 0, --max-new-tokens >= 1")
+    if args.max_think and args.min_think > args.max_think:
+        raise ConfigError(f"--min-think {args.min_think} exceeds --max-think {args.max_think}")
+    if not (args.checkpoint or args.adapter or args.model):
+        raise ConfigError("nothing to play with: pass --checkpoint DIR, --adapter DIR or --model NAME")
+    cfg = run_config(args)
+    task = None
+    if not args.raw:
+        name, options = task_spec(args, cfg, default_task="gsm8k")
+        task = build_task(name, options)
+    policy = load_trained(args.checkpoint, args.adapter, args.model, args.device, args.dtype)
+    session = Session(policy.model, policy.tokenizer, task, Settings(
+        args.temperature, args.top_p, args.max_new_tokens, args.min_think, args.max_think, args.seed))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401  (line editing and history for input())
+
+        what = f"task {task.name}" if task is not None else "no template"
+        print(f"aha play: {_label(args)}, {what}. /help for commands, Ctrl-D to leave.", file=sys.stderr)
+    return session.loop(interactive, args.jsonl)
+
+
+def _label(args: argparse.Namespace) -> str:
+    return args.checkpoint or args.adapter or args.model
+
+
+class Session:
+    """The read-answer loop and its commands."""
+
+    def __init__(self, model: Any, tokenizer: Any, task: Any, settings: Settings):
+        from aha.rollout import eos_token_ids
+
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.defaults = settings
+        self.settings = Settings(**vars(settings))
+        self.history = Conversation()
+        self.eos = eos_token_ids(tokenizer, model)
+
+    def loop(self, interactive: bool, jsonl: bool = False) -> int:
+        while True:
+            try:
+                line = input("> ") if interactive else sys.stdin.readline()
+            except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C at the prompt: leave
+                print(file=sys.stderr)
+                return 0
+            if not interactive and line == "":  # EOF on a pipe ("" is not a blank line: that is "\n")
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if self.command(line) == "quit":
+                    return 0
+                continue
+            try:
+                self.answer(line, interactive, jsonl)
+            except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
+                print("\n[stopped]", file=sys.stderr)
+
+    def answer(self, question: str, interactive: bool, jsonl: bool) -> str:
+        from aha.rollout import encode_prompts
+
+        fresh = make_prompt(self.task, question)
+        prompt = self.history.prompt(fresh) if interactive else fresh
+        ids, _ = encode_prompts(self.tokenizer, [prompt])
+        head = prefill_of(prompt)
+        stream = None if jsonl else _write
+        if stream:
+            stream(head)
+        completion = generate_forced(self.model, self.tokenizer, ids[0].tolist(), self.settings, self.eos, stream)
+        if jsonl:
+            from aha.eval import vote_answer
+
+            print(json.dumps({"question": question, "completion": head + completion,
+                              "answer": vote_answer(head + completion)}), flush=True)
+        else:
+            _write("\n")
+        if interactive:
+            self.history.add(prompt, completion)
+        return completion
+
+    def command(self, line: str) -> str | None:
+        name, _, value = line.partition(" ")
+        value = value.strip()
+        s = self.settings
+        try:
+            if name in ("/quit", "/exit", "/q"):
+                return "quit"
+            if name == "/reset":
+                self.settings, self.history = Settings(**vars(self.defaults)), Conversation()
+                _note("conversation and settings reset")
+            elif name == "/temp":
+                s.temperature = _non_negative(float(value), name)
+                _note(f"temperature {s.temperature:g}")
+            elif name == "/max":
+                s.max_new_tokens = max(1, int(value))
+                _note(f"max new tokens {s.max_new_tokens}")
+            elif name == "/min-think":
+                s.min_think = _non_negative(int(value), name)
+                _note(f"min thinking tokens {s.min_think or 'off'}")
+            elif name == "/max-think":
+                s.max_think = _non_negative(int(value), name)
+                _note(f"max thinking tokens {s.max_think or 'off'}")
+            elif name == "/help":
+                _note(HELP)
+            else:
+                _note(f"unknown command {name}; /help lists them")
+        except ValueError:
+            _note(f"{name} needs a number >= 0, e.g. {name} {'0.7' if name == '/temp' else 256}")
+        return None
+
+
+def _non_negative(x: float, name: str) -> Any:
+    if x < 0:
+        raise ValueError(name)
+    return x
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _note(text: str) -> None:
+    """Messages for the person, never on stdout: stdout carries only answers."""
+    print(text, file=sys.stderr)

@@ -1,0 +1,132 @@
+"""Rollout: sample completions for a batch of prompts with a chosen engine.
+
+`generate(...)` is the one entry point the trainer, eval and play use. An engine only turns
+token ids into completion token ids; prompt rendering, padding, the completion masks (which end
+at the first EOS) and decoding are shared here, so engines stay small and comparable.
+Engines: `hf` (transformers `generate`, the baseline), `native` and `vllm` (see their files).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from aha.tasks.base import Messages
+
+# name -> "module:function"; each function has the signature of `aha.rollout.hf.generate_ids`.
+ENGINES: dict[str, str] = {
+    "hf": "aha.rollout.hf:generate_ids",
+    "native": "aha.rollout.native:generate_ids",
+    "vllm": "aha.rollout.vllm:generate_ids",
+}
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    completion_ids: torch.Tensor  # (B, C) right-padded
+    completion_mask: torch.Tensor  # (B, C) 1 up to and including the first EOS
+    texts: list[str]  # decoded completions, EOS and padding removed
+    truncated: torch.Tensor  # (B,) bool: hit max_new_tokens without EOS
+
+
+def render_prompt(tokenizer: Any, prompt: str | Messages) -> str:
+    """Plain text as is; chat messages through the tokenizer's chat template. A final assistant
+    message is a pre-fill that the model continues, so it is left open."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this task gives chat messages but the tokenizer has no chat template; "
+                         "use the task's base template (task_options.template=base)")
+    prefill = prompt[-1]["role"] == "assistant"
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=not prefill,
+                                         continue_final_message=prefill)
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str | Messages],
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (ids, mask), both (B, P). Chat-rendered text already holds its special tokens."""
+    rows = []
+    for p in prompts:
+        text = render_prompt(tokenizer, p)
+        rows.append(tokenizer(text, add_special_tokens=isinstance(p, str)).input_ids)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def eos_token_ids(tokenizer: Any, model: torch.nn.Module | None = None) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the model's generation config's."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_cfg = getattr(model, "generation_config", None)
+    extra = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(extra, int):
+        ids.add(extra)
+    elif extra:
+        ids.update(extra)
+    return sorted(ids)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask (B, C) that is 1 through the first EOS inclusive, truncated (B,) bool)."""
+    is_eos = torch.isin(completion_ids, torch.tensor(list(eos_ids), device=completion_ids.device))
+    seen_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly earlier
+    return (~seen_before).long(), ~is_eos.any(dim=1)
+
+
+def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str | Messages], params: SamplingParams,
+             engine: str = "hf", batch_size: int = 0) -> Rollout:
+    """Sample one completion per prompt (repeat a prompt G times for a group)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown rollout engine {engine!r}; known: {', '.join(ENGINES)}")
+    module, fn = ENGINES[engine].split(":")
+    generate_ids = getattr(importlib.import_module(module), fn)
+    device = next(model.parameters()).device
+    eos = eos_token_ids(tokenizer, model)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    step = batch_size or len(prompts)
+    pieces = []
+    was_training = model.training
+    model.eval()  # no dropout, KV cache allowed even with gradient checkpointing on
+    try:
+        with torch.no_grad():
+            for i in range(0, len(prompts), step):
+                pieces.append(generate_ids(model, prompt_ids[i:i + step], prompt_mask[i:i + step], params,
+                                           eos, tokenizer.pad_token_id))
+    finally:
+        model.train(was_training)
+    width = max(p.shape[1] for p in pieces)
+    completion_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    row = 0
+    for p in pieces:
+        completion_ids[row:row + p.shape[0], :p.shape[1]] = p
+        row += p.shape[0]
+    mask, truncated = completion_mask(completion_ids, eos if not params.ignore_eos else [])
+    texts = decode_completions(tokenizer, completion_ids, mask, eos)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
+
+
+def decode_completions(tokenizer: Any, completion_ids: torch.Tensor, mask: torch.Tensor,
+                       eos_ids: Sequence[int]) -> list[str]:
+    texts = []
+    for ids, m in zip(completion_ids.tolist(), mask.tolist()):
+        kept = [t for t, keep in zip(ids, m) if keep and t not in eos_ids]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return texts

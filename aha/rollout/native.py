@@ -1,0 +1,210 @@
+"""The native rollout engine: the contract of `hf.generate_ids`, with much less work per token.
+
+Where it departs from HF `generate`, and why each saves time:
+
+- Prefill once per *unique* prompt: GRPO repeats every prompt G times; the G copies share one
+  prefill, whose keys/values are fanned out to the G cache rows, and one last-position logit row.
+- No padding waste in the prefill on CPU (unique prompts go in buckets of similar length, where a
+  padded token costs as much as a real one), and only the last position reaches the LM head.
+- A pre-allocated KV cache (`kvcache.StaticKVCache`) instead of `DynamicCache`'s `torch.cat` per token.
+- Finished rows leave the batch (with their cache rows), so they cost nothing.
+- No logits processors, stopping criteria or per-step mask building: masks are slices of one (B, S)
+  padding mask; sampling is a few tensor ops on the last-position logits (temperature, top-k, top-p,
+  then `torch.multinomial` on the global RNG, so a restored RNG state replays a rollout exactly).
+- On CPU the forward runs on a fused, LoRA-merged, oneDNN-packed copy of the weights (decoder.py).
+- On CUDA the decode step (model + sampling) runs at fixed shapes (batch fixed, whole cache under a
+  mask, cache length rounded up) through `torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs;
+  `AHA_NATIVE_COMPILE=0` turns that off. Not measured: the machine this was built on had no GPU.
+
+Token for token, greedy decoding equals `generate`'s (tests/test_rollout_native.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from aha.rollout import SamplingParams
+from aha.rollout.decoder import Decoder, decoder_for
+from aha.rollout.kvcache import StaticKVCache, decode_mask, prefill_mask, static_decode_mask
+
+# A bucket of unique prompts prefilled together pads every row to its longest. On CPU a padded token
+# costs as much as a real one, so a bucket may waste at most this fraction of its tokens; on a GPU a
+# forward's fixed cost dominates and all prompts go in one bucket.
+PREFILL_WASTE = {"cpu": 0.1}
+PREFILL_MAX_TOKENS = 16384  # per bucket: bounds the (U, 1, W, W) mask and the activations
+COMPACT_FRACTION = 0.125  # drop finished rows once this fraction of the batch is done (a drop copies the cache)
+STATIC_SLOTS = 256  # compiled path: cache length rounded up to a multiple of this, so shapes repeat
+
+
+def sample(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Next tokens (B,) from last-position float32 logits (B, V): softmax(logits / T) restricted to
+    the top_k tokens and to the smallest set whose probability reaches top_p (HF's semantics)."""
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if 0 < params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # (B, V): mass of the strictly likelier tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= params.top_p, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1).squeeze(-1)
+
+
+def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
+    """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), C <= max_new_tokens,
+    right-padded with pad_id after each row's EOS (the contract of `hf.generate_ids`)."""
+    dec = decoder_for(model, rows=prompt_ids.shape[0])
+    with torch.no_grad():
+        if prompt_ids.device.type == "cuda" and os.environ.get("AHA_NATIVE_COMPILE", "1") != "0":
+            return decode_static(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id, compile_step=True)
+        return decode(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id)
+
+
+# ---------------------------------------------------------------------------- prefill
+
+def _buckets(lengths: list[int], waste: float) -> list[list[int]]:
+    """Prompt indices, longest first, grouped so that a bucket's padding is at most `waste` of its tokens."""
+    buckets: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if buckets:
+            b = buckets[-1]
+            width, n = lengths[b[0]], len(b) + 1
+            padding = width * n - sum(lengths[j] for j in b) - lengths[i]
+            if padding <= waste * width * n and width * n <= PREFILL_MAX_TOKENS:
+                b.append(i)
+                continue
+        buckets.append([i])
+    return buckets
+
+
+def prefill(dec: Decoder, cache: StaticKVCache, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+    """Fill the prompt slots 0..P-1 of every cache row; -> last-position logits (B, V)."""
+    batch, width = prompt_ids.shape
+    device = prompt_ids.device
+    # Rows with equal ids and mask share one prefill (the G copies of a GRPO group).
+    _, inverse = torch.unique(torch.cat([prompt_ids * prompt_mask, prompt_mask], dim=1), dim=0,
+                              return_inverse=True)  # (B,) row -> unique prompt
+    n_unique = int(inverse.max()) + 1
+    first = torch.full((n_unique,), batch, device=device).scatter_reduce(
+        0, inverse, torch.arange(batch, device=device), "amin")  # (U,) a row holding each prompt
+    lengths = prompt_mask[first].sum(dim=1).tolist()
+    logits_u: torch.Tensor | None = None
+    for bucket in _buckets(lengths, PREFILL_WASTE.get(device.type, 1.0)):
+        uniq = torch.tensor(bucket, device=device)
+        w = max(lengths[i] for i in bucket)
+        ids = prompt_ids[first[uniq], width - w:]  # (U_b, w), still left-padded within the bucket
+        mask = prompt_mask[first[uniq], width - w:]
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # as `generate` numbers them
+        local = torch.full((n_unique,), -1, device=device)
+        local[uniq] = torch.arange(len(bucket), device=device)
+        dst = (local[inverse] >= 0).nonzero().squeeze(1)  # the cache rows that hold this bucket's prompts
+        cache.prefill(dst, local[inverse[dst]], width - w)
+        out = dec.forward(ids, positions, dec.masks(lambda win: prefill_mask(mask.bool(), win)), cache)
+        if logits_u is None:
+            logits_u = out.new_empty((n_unique, out.shape[1]))
+        logits_u[uniq] = out
+    assert logits_u is not None
+    return logits_u[inverse]  # (B, V): each row of a group samples its own first token
+
+
+# ---------------------------------------------------------------------------- decode
+
+def decode(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
+           eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
+    """Eager decode: attention reads only the slots written so far; finished rows leave the batch."""
+    batch, width = prompt_ids.shape
+    n_new, device = params.max_new_tokens, prompt_ids.device
+    cache = StaticKVCache(dec.n_layers, batch, dec.n_kv_heads, width + n_new, dec.head_dim, dec.dtype, device)
+    key_valid = torch.cat([prompt_mask.bool(), prompt_mask.new_ones((batch, n_new), dtype=torch.bool)], 1)  # (B, S)
+    positions = prompt_mask.sum(dim=1, keepdim=True)  # (B, 1): the first new token's position
+    out = torch.full((batch, n_new), pad_id, dtype=torch.long, device=device)
+    eos = torch.tensor([] if params.ignore_eos else list(eos_ids), dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)  # live row -> output row
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # finished, not yet dropped
+    tokens = sample(prefill(dec, cache, prompt_ids, prompt_mask), params)
+    for t in range(n_new):
+        tokens = tokens.masked_fill(done, pad_id)
+        out[rows, t] = tokens
+        if t == n_new - 1:
+            break
+        if len(eos):
+            done |= torch.isin(tokens, eos)
+            n_done = int(done.sum())  # one host sync per token, as `generate`'s stopping check
+            if n_done == len(rows):
+                return out[:, :t + 1]
+            if n_done >= COMPACT_FRACTION * len(rows):
+                live = (~done).nonzero().squeeze(1)
+                cache.keep(live)
+                rows, tokens, positions, key_valid, done = (x[live] for x in (rows, tokens, positions,
+                                                                              key_valid, done))
+        slot = width + t
+        cache.decode(slot)
+        masks = dec.masks(lambda win: decode_mask(key_valid, slot, win))
+        tokens = sample(dec.forward(tokens[:, None], positions, masks, cache), params)
+        positions = positions + 1
+    return out
+
+
+def _static_step(dec: Decoder, cache: StaticKVCache, key_valid: torch.Tensor, tokens: torch.Tensor,
+                 positions: torch.Tensor, slot: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """One fixed-shape decode step, model and sampling: the unit that is compiled and CUDA-graphed."""
+    cache.decode(slot)
+    masks = dec.masks(lambda win: static_decode_mask(key_valid, slot, win))
+    return sample(dec.forward(tokens[:, None], positions, masks, cache), params)
+
+
+_compiled_step = None
+_static_cache: tuple[tuple, StaticKVCache] | None = None  # reused: CUDA graphs want fixed addresses
+
+
+def decode_static(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
+                  eos_ids: Sequence[int], pad_id: int, compile_step: bool) -> torch.Tensor:
+    """Fixed-shape decode for torch.compile + CUDA graphs: the batch never shrinks (finished rows run on,
+    their tokens replaced by padding), attention covers every slot under a mask, the cache length is
+    rounded up to STATIC_SLOTS and the cache is kept between calls, so graphs are reused."""
+    global _compiled_step, _static_cache
+    batch, width = prompt_ids.shape
+    n_new, device = params.max_new_tokens, prompt_ids.device
+    slots = -(-(width + n_new) // STATIC_SLOTS) * STATIC_SLOTS
+    key = (batch, slots, dec.n_layers, dec.n_kv_heads, dec.head_dim, dec.dtype, device)
+    if _static_cache is None or _static_cache[0] != key:
+        _static_cache = None  # free the old one first
+        cache = StaticKVCache(dec.n_layers, batch, dec.n_kv_heads, slots, dec.head_dim, dec.dtype, device)
+        if compile_step:
+            for t in cache.k + cache.v:  # written in place by the graph; their addresses never move
+                torch._dynamo.mark_static_address(t)
+        _static_cache = (key, cache)
+    cache = _static_cache[1]  # stale slots from an earlier call are finite and masked out
+    if compile_step and _compiled_step is None:
+        _compiled_step = torch.compile(_static_step, mode="reduce-overhead", dynamic=False)
+    step = _compiled_step if compile_step else _static_step
+    key_valid = torch.cat([prompt_mask.bool(), prompt_mask.new_ones((batch, slots - width), dtype=torch.bool)], 1)
+    positions = prompt_mask.sum(dim=1, keepdim=True)
+    out = torch.full((batch, n_new), pad_id, dtype=torch.long, device=device)
+    eos = torch.tensor([] if params.ignore_eos else list(eos_ids), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    ends = torch.full((batch,), n_new, device=device)  # completion length of each row
+    tokens = sample(prefill(dec, cache, prompt_ids, prompt_mask), params)
+    for t in range(n_new):
+        tokens = tokens.masked_fill(done, pad_id)
+        out[:, t] = tokens
+        if t == n_new - 1:
+            break
+        if len(eos):
+            new = torch.isin(tokens, eos) & ~done
+            ends = torch.where(new, t + 1, ends)
+            done |= new
+            if t % 8 == 7 and bool(done.all()):  # a host sync every 8 tokens, not every token
+                break
+        # clone: a CUDA graph's output buffer is overwritten by its next replay
+        tokens = step(dec, cache, key_valid, tokens, positions, torch.tensor(width + t, device=device), params).clone()
+        positions = positions + 1
+    return out[:, :int(ends.max())]

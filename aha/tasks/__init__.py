@@ -1,0 +1,25 @@
+"""Tasks: `get_task(name, **options)` returns a `Task`. Adding a task is one file plus one line in TASKS."""
+
+from __future__ import annotations
+
+import importlib
+
+from aha.tasks.base import Example, Messages, RewardFn, Task, reward_means
+
+# name -> "module:Class". Imported lazily so that a task's optional dependencies (datasets, ...)
+# are only needed when that task is used.
+TASKS: dict[str, str] = {
+    "gsm8k": "aha.tasks.gsm8k:GSM8K",
+    "countdown": "aha.tasks.countdown:Countdown",
+    "arith": "aha.tasks.arith:Arith",
+}
+
+
+def get_task(name: str, **options) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+__all__ = ["Example", "Messages", "RewardFn", "Task", "TASKS", "get_task", "reward_means"]

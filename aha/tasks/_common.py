@@ -1,0 +1,98 @@
+"""Helpers shared by the GSM8K and Countdown tasks: pre-fills, answer extraction, local data files.
+
+Everything here runs on model output of any size, so it uses `str.find`/`rfind`/`count` (linear
+time, C speed) instead of regexes with lazy `.*?`, which can take quadratic time on crafted text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aha.tasks.base import Example
+
+OPEN, CLOSE = "<answer>", "</answer>"
+
+
+def prefill_of(ex: Example) -> str:
+    """The start of the assistant's turn that the prompt already contains and the model continues.
+
+    Chat prompts: the content of a final "assistant" message (rendered with
+    continue_final_message). Text prompts for base models end with an "Assistant:" turn in the
+    R1-Zero style; the pre-fill is whatever follows the last "Assistant:" (e.g. "<think>\\n").
+    Rewards judge `prefill_of(ex) + completion`, so a completion that continues a pre-filled
+    `<think>` is scored as a whole. Deriving it from the prompt keeps rewards pure functions
+    of (completion, example) with one source of truth.
+    """
+    prompt = ex.prompt
+    if isinstance(prompt, list):
+        last = prompt[-1] if prompt else {}
+        return str(last.get("content", "")) if last.get("role") == "assistant" else ""
+    _, sep, tail = prompt.rpartition("Assistant:")
+    return tail.lstrip(" ") if sep else ""
+
+
+def last_answer(text: str) -> str | None:
+    """Content of the last complete `<answer>...</answer>` block (newlines allowed), else None.
+
+    That is the last `<answer>` that has a `</answer>` after it, up to the first `</answer>`
+    after it. An unclosed trailing `<answer>` (a truncated completion) is ignored, so an earlier
+    closed block still counts. Linear time whatever the text.
+    """
+    close = text.rfind(CLOSE)
+    if close < 0:
+        return None
+    start = text.rfind(OPEN, 0, close)
+    if start < 0:
+        return None
+    start += len(OPEN)
+    return text[start : text.find(CLOSE, start)]
+
+
+def resolve_path(data: str | Path | dict[str, Any], split: str) -> Path:
+    """`data` is one path used for every split, or a dict {"train": path, "test": path}."""
+    if isinstance(data, dict):
+        if split not in data:
+            raise ValueError(f"data has no {split!r} entry; give a dict like {{'train': PATH, 'test': PATH}}")
+        return Path(data[split])
+    return Path(data)
+
+
+def read_rows(path: str | Path, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows of a local JSONL (`.jsonl`/`.json`, one object a line) or Parquet file.
+
+    A missing file -> FileNotFoundError naming it; missing columns -> ValueError naming them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq  # installed with `datasets`; only needed for Parquet
+
+        table = pq.read_table(path)
+        _check_columns(path, table.column_names, columns)
+        return table.select(list(columns)).to_pylist()
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: not a JSON object per line ({err})") from err
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                _check_columns(path, row.keys(), columns, where=f" (line {lineno})")
+                rows.append(row)
+        return rows
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .parquet")
+
+
+def _check_columns(path: Path, have: Any, need: tuple[str, ...], where: str = "") -> None:
+    missing = [c for c in need if c not in set(have)]
+    if missing:
+        raise ValueError(f"{path}{where}: missing column(s) {missing}; the file needs columns {list(need)}")

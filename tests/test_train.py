@@ -1,0 +1,168 @@
+"""The trainer end to end on CPU: smoke run, exact resume, update invariants, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aha.config import load_config
+from aha.log import read_jsonl
+from aha.model import load_policy
+from aha.rollout import SamplingParams, generate
+from aha.train import micro_batches, next_indices, policy_update, train
+
+TIMING = {"step_time", "gen_time", "score_time", "update_time", "tokens_per_s"}
+
+
+def toy_cfg(out: Path, *extra: str):
+    return load_config("smoke", [f"output_dir={out}", "task=toy", "deterministic=true", "tensorboard=false",
+                                 "rollout.max_new_tokens=12", "lr=0.01", "probe_every=2", *extra])
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aha", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_smoke_preset_via_cli_writes_the_run(tmp_path: Path):
+    out = tmp_path / "run"
+    r = run_cli("train", "-c", "configs/smoke.yaml", f"output_dir={out}", cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    required = {"reward", "accuracy", "format_rate", "completion_len", "reflection_rate", "frac_zero_std", "kl",
+                "entropy", "grad_norm", "lr", "step_time", "gen_time", "reward/answer"}
+    assert required <= rows[0].keys()
+    assert (out / "config.yaml").exists() and (out / "completions.jsonl").stat().st_size > 0
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-2", "step-3"]
+    assert (out / "checkpoints/step-3/adapter_model.safetensors").exists()
+    # a second run into the same directory refuses instead of destroying it
+    again = run_cli("train", "-c", "configs/smoke.yaml", f"output_dir={out}", cwd=Path(__file__).resolve().parents[1])
+    assert again.returncode != 0 and "--resume" in again.stderr
+    assert len(read_jsonl(out / "metrics.jsonl")) == 3
+
+
+def _deterministic(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_resume_gives_the_same_metrics_as_a_straight_run(tmp_path: Path, toy_task):
+    straight = train(toy_cfg(tmp_path / "a", "max_steps=6", "save_every=3"))
+    split = tmp_path / "b"
+    train(toy_cfg(split, "max_steps=3", "save_every=3"))
+    train(toy_cfg(split, "max_steps=6", "save_every=3"), resume="latest")
+    a, b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(split / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert _deterministic(a) == _deterministic(b)
+    assert any(r["grad_norm"] > 0 for r in a)  # the weights really moved
+    from safetensors.torch import load_file
+    wa = load_file(straight / "checkpoints/step-6/adapter_model.safetensors")
+    wb = load_file(split / "checkpoints/step-6/adapter_model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    probes = [r for r in read_jsonl(split / "completions.jsonl") if r.get("probe")]
+    assert [r["step"] for r in probes] == [1, 2, 3, 4, 6]  # 3 was the first half's last step
+
+
+def test_resume_from_an_explicit_checkpoint_and_full_finetune(tmp_path: Path, toy_task):
+    run = train(toy_cfg(tmp_path / "f", "finetune=full", "max_steps=2", "save_every=1"))
+    assert (run / "checkpoints/step-1/model.safetensors").exists()
+    train(toy_cfg(tmp_path / "f", "finetune=full", "max_steps=3", "save_every=1"),
+          resume=str(run / "checkpoints/step-1"))
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def _rollout(seed=0, n=8, new=10):
+    torch.manual_seed(seed)
+    pol = load_policy("random:tiny-qwen2", device="cpu", seed=seed)
+    prompts = [f"prompt number {i}" + " x" * i for i in range(n)]
+    return pol, generate(pol.model, pol.tokenizer, prompts, SamplingParams(max_new_tokens=new, temperature=1.5))
+
+
+@pytest.mark.parametrize("agg", ["sequence", "token", "constant"])
+def test_gradient_does_not_depend_on_micro_batching(agg):
+    pol, ro = _rollout()
+    adv = torch.linspace(-1, 1, 8)
+    grads = []
+    for budget in (10_000, 30):
+        cfg = load_config("smoke", [f"micro_batch_tokens={budget}", f"algo.loss_agg={agg}", "max_grad_norm=0",
+                                    "lr=0"])
+        opt = torch.optim.SGD([p for p in pol.model.parameters() if p.requires_grad], lr=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+        n_mb = len(micro_batches(ro, torch.arange(8), adv, budget))
+        policy_update(pol.model, ro, adv, torch.arange(8), opt, sched, cfg)
+        grads.append(([p.grad.clone() for p in pol.model.parameters() if p.requires_grad], n_mb))
+    (g1, n1), (g2, n2) = grads
+    assert n1 == 1 and n2 > 1
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+
+
+def test_kl_is_zero_at_the_start_of_lora_training_and_mu_reuses_rollouts():
+    pol, ro = _rollout(seed=1)
+    cfg = load_config("smoke", ["algo.beta=0.1", "algo.mu=2", "lr=0.05"])
+    opt = torch.optim.AdamW([p for p in pol.model.parameters() if p.requires_grad], lr=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    adv = torch.linspace(-1, 1, 8)
+    # LoRA's B starts at zero: the policy equals the reference (adapters disabled) -> KL 0 before
+    # the first optimizer step. After two inner steps the ratio moves off 1 and the KL off 0.
+    first = policy_update(pol.model, ro, adv, torch.arange(8), opt, sched, cfg)
+    assert first["kl"] > 0 and opt.state  # measured on the last (second) inner iteration
+    cfg1 = load_config("smoke", ["algo.beta=0.1", "algo.mu=1"])
+    pol2, ro2 = _rollout(seed=1)
+    opt2 = torch.optim.AdamW([p for p in pol2.model.parameters() if p.requires_grad], lr=0.05)
+    one = policy_update(pol2.model, ro2, adv, torch.arange(8), opt2,
+                        torch.optim.lr_scheduler.LambdaLR(opt2, lambda i: 1.0), cfg1)
+    assert one["kl"] == 0.0 and one["clip_frac"] == 0.0
+
+
+def test_all_groups_dropped_skips_the_update():
+    pol, ro = _rollout()
+    cfg = load_config("smoke")
+    opt = torch.optim.AdamW([p for p in pol.model.parameters() if p.requires_grad])
+    stats = policy_update(pol.model, ro, torch.zeros(8), torch.arange(0), opt,
+                          torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0), cfg)
+    assert stats["update_skipped"] == 1.0 and not opt.state
+
+
+def test_prompt_cursor_walks_epochs_deterministically():
+    s1, s2 = {"epoch": 0, "cursor": 0}, {"epoch": 0, "cursor": 0}
+    a = [next_indices(5, 3, s1, seed=0) for _ in range(4)]
+    b = [next_indices(5, 3, s2, seed=0) for _ in range(4)]
+    assert a == b and sorted(a[0] + a[1][:2]) == [0, 1, 2, 3, 4] and s1["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("args, message", [
+    (["max_stepz=3"], "max_stepz"),
+    (["max_steps=abc"], "max_steps"),
+    (["model=/nonexistent/model.gguf"], "does not exist"),
+    (["model=/nonexistent/dir"], "does not exist"),
+    (["finetune=qlora"], "CUDA"),
+    (["model=random:no-such-arch"], "no-such-arch"),
+])
+def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path: Path, args, message):
+    r = run_cli("train", "-c", "smoke", f"output_dir={tmp_path / 'r'}", *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_corrupt_and_partial_checkpoints_are_refused(tmp_path: Path):
+    out = tmp_path / "run"
+    assert run_cli("train", "-c", "smoke", f"output_dir={out}", "max_steps=2", "save_every=1").returncode == 0
+    step2 = out / "checkpoints/step-2"
+    (step2 / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    r = run_cli("train", "-c", "smoke", f"output_dir={out}", "max_steps=4", "--resume")
+    assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    (step2 / "meta.json").unlink()
+    r = run_cli("train", "-c", "smoke", f"output_dir={out}", "max_steps=4", "--resume", str(step2))
+    assert r.returncode == 2 and "incomplete" in r.stderr
+    r = run_cli("train", "-c", "smoke", f"output_dir={out}", "--resume", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    # nothing that was on disk was lost
+    assert (out / "checkpoints/step-1/meta.json").exists() and len(read_jsonl(out / "metrics.jsonl")) == 2
