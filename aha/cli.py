@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 
 from aha.errors import AhaError
 
@@ -112,7 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Deprecation chatter from transformers/peft internals is not actionable for a user.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    parser = build_parser()
+    # key=value overrides may come after options too (`--overwrite lr=1e-5`), which argparse's
+    # positional `nargs="*"` alone does not allow; collect them from the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        if args.resume and "=" in args.resume and not os.path.exists(args.resume):
+            args.overrides.append(args.resume)  # `--resume max_steps=9`: an override, not a path
+            args.resume = "latest"
+        extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except (AhaError, FileNotFoundError, ValueError) as e:

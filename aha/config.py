@@ -92,6 +92,10 @@ class Config:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0  # 0 = no clipping
+    # adamw (torch) | adamw8bit | paged_adamw8bit: bitsandbytes' 8-bit moments (2 instead of 8 bytes
+    # per trainable parameter; paged = evicted to CPU RAM under memory pressure), for full fine-tuning
+    # on CUDA. See aha/optim.py.
+    optimizer: str = "adamw"
     micro_batch_tokens: int = 4096  # token budget per forward/backward micro-batch
     logprob_chunk: int = 256  # sequence chunk for log-probs: [B, chunk, vocab] logits at most
     # --- logging, eval, checkpoints ---
@@ -236,6 +240,7 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine", "linear"),
     "rollout.engine": ("hf", "native", "vllm"),
     "algo.loss_agg": ("sequence", "token", "constant"),
+    "optimizer": ("adamw", "adamw8bit", "paged_adamw8bit"),
 }
 
 

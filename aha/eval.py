@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from math import comb
-from typing import Any, Sequence
+from typing import Any
 
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
@@ -119,8 +120,8 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
     if samples > 1 and temperature == 0:
         raise ValueError(f"samples={samples} with temperature 0 gives {samples} identical greedy completions; "
                          "set a temperature > 0 (e.g. 0.7) for pass@k / maj@k")
-    examples = list(task.examples(split))
-    examples = examples[:limit] if limit else examples
+    pool = task.examples(split)
+    examples = list(pool[:limit] if limit else pool)  # slice first: a split may be built lazily
     # Generate in order of prompt length so that a batch's left padding (wasted prefill) is small;
     # results go back to the examples' order below. Character length is a good enough proxy.
     order = sorted(range(len(examples)), key=lambda i: len(render_prompt(tokenizer, examples[i].prompt)))

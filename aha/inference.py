@@ -158,6 +158,6 @@ def _with_adapter(path: Path, base_name: str, recorded: str | None, dtype: torch
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     if unexpected or missing:
         example = (unexpected or missing)[0]
-        raise CheckpointError(f"adapter {path} does not fit base model {base_name!r} "
-                              f"({len(unexpected)} unexpected, {len(missing)} missing LoRA weights, e.g. {example}); {fix}")
+        raise CheckpointError(f"adapter {path} does not fit base model {base_name!r} ({len(unexpected)} "
+                              f"unexpected, {len(missing)} missing LoRA weights, e.g. {example}); {fix}")
     return net, tokenizer

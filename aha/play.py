@@ -26,8 +26,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 THINK_END = "</think>"
 WAIT = "Wait"
@@ -113,8 +114,11 @@ def generate_forced(model: Any, tokenizer: Any, prompt_ids: Sequence[int], setti
     thinking = True  # until `</think>` is written (or forced); the templates pre-fill `<think>`
     cache, n_cached = None, 0  # the KV cache covers the first n_cached tokens of prompt + out
     streamer = _Streamer(tokenizer, on_text)
-    encode = lambda s: tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
     eos = set(eos_ids)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
     with torch.no_grad():
         while len(out) < settings.max_new_tokens:
             seq = prompt + out
@@ -169,6 +173,10 @@ def make_prompt(task: Any, question: str) -> Any:
         if not m:
             return question
         return task.prompt([int(x) for x in re.split(r"[\s,]+", m.group(1).strip())], int(m.group(2)))
+    import inspect
+
+    if len(inspect.signature(task.prompt).parameters) != 1:  # not built from one question: send it raw
+        return question
     return task.prompt(question)
 
 

@@ -19,8 +19,9 @@ import argparse
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from aha.errors import AhaError
 
@@ -86,7 +87,8 @@ def pick_samples(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     probes = [r for r in rows if r.get("probe")]
     if probes:
         pool = probes
-        how = f"The trainer's fixed probe prompt `{probes[0].get('prompt_id')}` (greedy), logged at {_n_steps(pool)} steps."
+        how = (f"The trainer's fixed probe prompt `{probes[0].get('prompt_id')}` (greedy), "
+               f"logged at {_n_steps(pool)} steps.")
     else:
         steps_of: dict[str, set[int]] = defaultdict(set)
         for r in rows:
@@ -122,12 +124,25 @@ def _plot(ax: Any, s: Series, window: int, label: str, color: str, width: float 
     if not s[0]:
         return
     ax.plot(s[0], s[1], color=color, alpha=0.25, linewidth=0.8)
-    ax.plot(s[0], moving_average(s[1], window), color=color, linewidth=width, label=label)
+    few = len(s[0]) < 10  # a short run: markers, or a single step would draw nothing
+    ax.plot(s[0], moving_average(s[1], window), color=color, linewidth=width, label=label,
+            marker="o" if few else None, markersize=3)
+
+
+def _integer_steps(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one logged step: widen, or the locator falls back to fractional steps
+        mid = round((lo + hi) / 2)
+        ax.set_xlim(mid - 1, mid + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "step 0.96" on short runs
 
 
 def _finish(fig: Any, ax: Any, title: str, path: Path, ylabel: str = "") -> None:
     ax.set_title(title)
     ax.set_xlabel("step")
+    _integer_steps(ax)
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -204,14 +219,15 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
             _plot(ax, series(rows, key), window, key, "C4")
             ax.set_title(key, fontsize=10)
             ax.grid(alpha=0.3)
+            _integer_steps(ax)
         for ax in list(axes.flat)[len(health):]:
             ax.axis("off")
         fig.supxlabel("step")
         fig.tight_layout()
         fig.savefig(out / "training.png", dpi=110)
         plt.close(fig)
-        made.append(("training.png", "Training health: groups with no reward spread, truncation, entropy, KL, "
-                                     "gradient norm, clipping"))
+        made.append(("training.png", ("Training health: groups with no reward spread, truncation, entropy, KL, "
+                                      "gradient norm, clipping")))
     return made
 
 
@@ -239,10 +255,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window:
     completions = read_jsonl(comp_path) if comp_path.is_file() else []
     cfg = _run_config(run_dir)
     first, last = rows[0]["step"], rows[-1]["step"]
-    md = [f"# aha report: `{run_dir}`", "",
-          f"Model **{cfg.get('model', '?')}** ({cfg.get('finetune', '?')}), task **{cfg.get('task', '?')}**, "
-          f"{len(rows)} logged steps ({first} to {last}). Curves: moving average over {window} step(s), raw "
-          "values faint; thresholds apply to the smoothed curves.", "",
+    intro = (f"Model **{cfg.get('model', '?')}** ({cfg.get('finetune', '?')}), task **{cfg.get('task', '?')}**, "
+             f"{len(rows)} logged steps ({first} to {last}). Curves: moving average over {window} step(s), raw "
+             "values faint; thresholds apply to the smoothed curves.")
+    md = [f"# aha report: `{run_dir}`", "", intro, "",
           "## The aha steps", "", "| event | threshold (smoothed) | first step |", "|---|---|---|"]
     names = {"format_rate": "format learned", "accuracy": "accuracy", "reflection_rate": "reflection"}
     for key, name in names.items():

@@ -24,6 +24,7 @@ from aha.config import Config, ConfigError
 from aha.log import RunLogger, reflection_rate
 from aha.logprobs import completion_logprobs
 from aha.model import load_policy, trainable_parameters
+from aha.optim import build_optimizer
 from aha.rollout import Rollout, SamplingParams, generate
 from aha.tasks import get_task, reward_means
 
@@ -46,8 +47,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     ref_model = None
     if cfg.algo.beta > 0 and policy.finetune == "full":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    optimizer = build_optimizer(cfg, trainable_parameters(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0}
     if ckpt_path is not None:

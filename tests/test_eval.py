@@ -85,7 +85,9 @@ class EchoTask:
 
 def test_summarize_pass_and_majority_on_hand_made_completions():
     exs = [Example("a", "p", "1"), Example("b", "p", "2")]
-    a = lambda x: f"<answer>{x}</answer>"  # noqa: E731
+    def a(x: int) -> str:
+        return f"<answer>{x}</answer>"
+
     texts = [a(1), a(9), a(9),  # a: one of three right, the majority (9) wrong
              a(2), a(2), "Wait, no answer"]  # b: two of three right, majority right
     metrics, rows = summarize(EchoTask(), exs, texts, [10, 20, 30, 40, 50, 60], [False] * 5 + [True], samples=3)
@@ -109,7 +111,7 @@ def tiny():
     return load_policy(TINY, "full", device="cpu", seed=0)
 
 
-COUNTDOWN = dict(n_train=8, n_test=6)
+COUNTDOWN = {"n_train": 8, "n_test": 6}
 
 
 def test_evaluate_greedy_is_deterministic_and_reports_the_metrics(tiny):
@@ -146,7 +148,7 @@ def test_evaluate_keeps_each_completion_with_its_example(monkeypatch, tiny):
 def test_evaluate_sampling_reports_pass_and_maj_and_leaves_the_rng_alone(tiny):
     task = get_task("countdown", **COUNTDOWN)
     before = torch.get_rng_state()
-    kw = dict(limit=3, batch_size=6, max_new_tokens=8, temperature=1.0, samples=4)
+    kw = {"limit": 3, "batch_size": 6, "max_new_tokens": 8, "temperature": 1.0, "samples": 4}
     a = evaluate(tiny.model, tiny.tokenizer, task, seed=1, **kw)
     assert torch.equal(torch.get_rng_state(), before)  # the trainer's random stream is untouched
     assert a == evaluate(tiny.model, tiny.tokenizer, task, seed=1, **kw)  # seeded
@@ -232,7 +234,8 @@ def test_adapter_for_a_different_base_model(tmp_path, capsys):
     policy = _trained_lora(seed=0)
     ckpt = _save_checkpoint(tmp_path / "ckpt", policy, {"model": TINY, "finetune": "lora", "seed": 0})
     # Different shapes (the 135M architecture, random weights): a clear error naming the real base.
-    with pytest.raises(CheckpointError, match=r"does not fit base model 'random:smollm2-135m'.*--model random:tiny-qwen2"):
+    fit = r"does not fit base model 'random:smollm2-135m'.*--model random:tiny-qwen2"
+    with pytest.raises(CheckpointError, match=fit):
         load_trained(adapter=ckpt, model="random:smollm2-135m", device="cpu")
     # Same shapes, another name: it loads, with a warning naming both.
     load_trained(adapter=ckpt, model="random:tiny-llama", device="cpu")

@@ -20,7 +20,8 @@ from aha.rollout import decoder, hf, native
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-         "How many clips did Natalia sell altogether in April and May? Weng earns 12 dollars an hour.").split()
+         "How many clips did Natalia sell altogether in April and May? Weng earns 12 dollars an hour for "
+         "babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?").split() * 3
 
 
 def prompts(n: int, step: int = 2) -> list[str]:

@@ -30,6 +30,10 @@ TEMPLATES = [
      lambda a, b, c: a + a * b),
 ]
 
+# Placeholders, not a worked example: measured on SmolLM2-135M-Instruct (32 samples, 48 tokens),
+# this prompt starts at ~9% formatted completions and a one-shot worked example at 0% (the model
+# continues the example's arithmetic instead). The model first copies "number" literally; the
+# int and correctness rewards are what move it from there to real answers.
 SYSTEM = ("Solve the problem. Think first, then give the answer as one number, in this format:\n"
           "<think>\nreasoning\n</think>\n<answer>\nnumber\n</answer>")
 BASE_PREAMBLE = ("A conversation between User and Assistant. The Assistant thinks inside <think> </think> "
