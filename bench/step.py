@@ -2,21 +2,26 @@
 the same step through TRL's `GRPOTrainer` measured in the same run (bench/trl_baseline.py says how it is
 configured to match).
 
-    python bench/step.py -c cpu-demo --vs-trl --steps 3 --json bench/results/step-cpu.json
-    python bench/step.py -c rtx4090 model=random:qwen2.5-3b --vs-trl --json bench/results/step-4090.json
-    python bench/step.py -c cpu-demo model=random:smollm2-135m --scaling 128,256,512,1024 --json OUT
+    python bench/step.py -c cpu-demo rollout.engine=native --vs-trl --steps 3 --rounds 2 --threads 1 \
+        --json bench/results/step-cpu.json
+    python bench/step.py -c cpu-demo rollout.engine=native prompts_per_step=1 rollout.num_generations=4 \
+        --scaling 128,256,512,1024 --steps 1 --threads 1 --json bench/results/step-cpu-scaling.json
+    python bench/step.py -c rtx4090 model=random:qwen2.5-3b finetune=lora task=arith --vs-trl \
+        --json bench/results/step-gpu.json        # CUDA: bf16, gradient checkpointing as the preset says
 
 aha's step is the training loop's own pieces (`aha.rollout.generate`, `Task.score`, `group_advantages`,
 `aha.train.policy_update`) on the model, optimizer and scheduler `aha train` would build from the same
-config. Timed: `--warmup` steps first (not counted), then the mean over `--steps` steps of wall time
-from drawing the prompts to the end of `policy_update` (optimizer and scheduler step included), split
-into gen (tokenize + sample + decode), score (rewards and the accuracy / format checks) and update
-(advantages + log-probs + loss + backward + clip + optimizer step); CUDA is synchronized at each
-boundary. By default every completion is exactly max_new_tokens long on both sides (EOS ignored, as
-DESIGN.md asks of timings), so both do the same work whatever the sampled text; --natural-length lets
-EOS end completions. Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps (the
-weights included); on CPU the process's peak RSS (`ru_maxrss`: a high-water mark of the whole process,
-model loading and imports included), which is why each side runs in its own subprocess.
+config. Timed: `--warmup` steps first (not counted), then the mean over `--steps` steps (of every
+`--rounds` round) of the time from drawing the prompts to the end of `policy_update` (optimizer and
+scheduler step included), split into gen (tokenize + sample + decode), score (rewards and the accuracy /
+format checks) and update (advantages + log-probs + loss + backward + clip + optimizer step); CUDA is
+synchronized at each boundary. Both wall time and the process's CPU time are reported: with --threads 1
+the CPU time is the step's own work, steadier than wall time on a machine shared with other jobs.
+By default every completion is exactly max_new_tokens long on both sides (EOS ignored, as DESIGN.md asks
+of timings), so both do the same work whatever the sampled text; --natural-length lets EOS end them.
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps (weights included); on CPU
+the process's peak RSS (`ru_maxrss`: a high-water mark of the whole process, model loading and imports
+included), which is why each side runs in its own subprocess (this file again, with --side).
 
 `ratio_vs_trl` is TRL's mean step time over aha's: above 1 means aha is faster.
 """
@@ -48,6 +53,13 @@ from aha.tasks import get_task
 from aha.train import lr_lambda, next_indices, policy_update
 
 PHASES = ("gen", "score", "update")
+TIMED = ("steps", *PHASES)
+
+
+def clock() -> tuple[float, float]:
+    """(wall time, CPU time of this process). With one thread, CPU time is the step's own work: unlike wall
+    time it does not grow while other processes hold the cores, so it is the steadier figure on a busy machine."""
+    return time.perf_counter(), time.process_time()
 
 
 def run_aha(cfg: Config, steps: int, warmup: int, fixed_length: bool) -> dict[str, Any]:
@@ -68,35 +80,36 @@ def run_aha(cfg: Config, steps: int, warmup: int, fixed_length: bool) -> dict[st
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, ignore_eos=fixed_length)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0}
-    out: dict[str, list[float]] = {"steps": [], "gen": [], "score": [], "update": [], "tokens": []}
+    out: dict[str, list[float]] = {k: [] for k in ("tokens", *TIMED, *(f"cpu_{k}" for k in TIMED))}
     model.train()
     for i in range(warmup + steps):
         if i == warmup and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         examples = [train_set[j] for j in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
         group = [ex for ex in examples for _ in range(G)]
         ro = generate(model, tokenizer, [ex.prompt for ex in group], sampling, r.engine, r.batch_size)
         sync()
-        t1 = time.perf_counter()
+        t1 = clock()
         rewards = torch.tensor([task.score(text, ex)[0] for text, ex in zip(ro.texts, group)])
         # The loop also scores accuracy and format for its metrics: part of its scoring time.
         correct = [task.is_correct(text, ex) for text, ex in zip(ro.texts, group)]  # noqa: F841
         formatted = [task.is_formatted(text, ex) for text, ex in zip(ro.texts, group)]  # noqa: F841
-        t2 = time.perf_counter()
+        t2 = clock()
         advantages, zero_std = group_advantages(rewards, G, scale=cfg.algo.scale_rewards)
         rows = torch.arange(len(group))
         if cfg.algo.drop_zero_std:
             rows = rows[~zero_std.repeat_interleave(G)]
         policy_update(model, ro, advantages, rows, optimizer, scheduler, cfg, ref_model)
         sync()
-        t3 = time.perf_counter()
+        t3 = clock()
         if i >= warmup:
-            for key, value in zip(("steps", "gen", "score", "update"), (t3 - t0, t1 - t0, t2 - t1, t3 - t2)):
-                out[key].append(value)
+            for key, (start, end) in zip(TIMED, ((t0, t3), (t0, t1), (t1, t2), (t2, t3))):
+                out[key].append(end[0] - start[0])
+                out[f"cpu_{key}"].append(end[1] - start[1])
             out["tokens"].append(float(ro.completion_mask.sum()))
-        print(f"aha step {i + 1}/{warmup + steps}{' (warmup)' if i < warmup else ''}: {t3 - t0:.2f}s",
+        print(f"aha step {i + 1}/{warmup + steps}{' (warmup)' if i < warmup else ''}: {t3[0] - t0[0]:.2f}s",
               file=sys.stderr, flush=True)
     return out
 
@@ -138,9 +151,10 @@ def run_side(side: str, args: argparse.Namespace, overrides: list[str]) -> dict[
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean per phase over every timed step of every round; the highest peak memory of the rounds."""
-    pooled = {k: [x for run in runs for x in run[k]] for k in ("steps", *PHASES, "tokens")}
+    pooled = {k: [x for run in runs for x in run[k]] for k in runs[0] if isinstance(runs[0][k], list)}
     out = {"step_time": mean(pooled["steps"]), "step_time_min": min(pooled["steps"]),
            **{f"{p}_time": mean(pooled[p]) for p in PHASES}, "tokens_per_step": mean(pooled["tokens"]),
+           "step_cpu_time": mean(pooled["cpu_steps"]), **{f"{p}_cpu_time": mean(pooled[f"cpu_{p}"]) for p in PHASES},
            "peak_mem_bytes": max(run["peak_mem_bytes"] for run in runs), "peak_mem_kind": runs[0]["peak_mem_kind"],
            "step_times": pooled["steps"]}
     if "version" in runs[0]:
@@ -165,6 +179,7 @@ def compare(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
         aha, trl = row["aha"], row["trl"]
         row["ratio_vs_trl"] = trl["step_time"] / aha["step_time"]
         row["ratio_vs_trl_min"] = trl["step_time_min"] / aha["step_time_min"]
+        row["ratio_vs_trl_cpu"] = trl["step_cpu_time"] / aha["step_cpu_time"]
         row["ratio_by_phase"] = {p: trl[f"{p}_time"] / max(aha[f"{p}_time"], 1e-9) for p in PHASES}
         row["peak_mem_ratio_vs_trl"] = trl["peak_mem_bytes"] / aha["peak_mem_bytes"]
     return row
@@ -189,11 +204,14 @@ def print_row(label: str, row: dict[str, Any]) -> None:
             s = row[side]
             print(f"{label}{side:4s} step {s['step_time']:7.2f}s (min {s['step_time_min']:.2f}) = gen "
                   f"{s['gen_time']:6.2f} + score {s['score_time']:5.3f} + update {s['update_time']:6.2f}   "
-                  f"peak {gib(s['peak_mem_bytes'])}   {s['tokens_per_step']:.0f} completion tokens/step")
+                  f"peak {gib(s['peak_mem_bytes'])}   {s['tokens_per_step']:.0f} completion tokens/step   "
+                  f"CPU time {s['step_cpu_time']:.2f}s = {s['gen_cpu_time']:.2f} + {s['score_cpu_time']:.3f} + "
+                  f"{s['update_cpu_time']:.2f}")
     if "ratio_vs_trl" in row:
         by = ", ".join(f"{p} {v:.2f}x" for p, v in row["ratio_by_phase"].items())
         print(f"{label}aha vs TRL: {row['ratio_vs_trl']:.2f}x faster per step (TRL time / aha time; fastest steps "
-              f"{row['ratio_vs_trl_min']:.2f}x; {by}); TRL's peak memory {row['peak_mem_ratio_vs_trl']:.2f}x aha's")
+              f"{row['ratio_vs_trl_min']:.2f}x, CPU time {row['ratio_vs_trl_cpu']:.2f}x; {by}); "
+              f"TRL's peak memory {row['peak_mem_ratio_vs_trl']:.2f}x aha's")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

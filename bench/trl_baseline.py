@@ -109,18 +109,20 @@ def run_trl(cfg: Config, steps: int, warmup: int, fixed_length: bool, rows_per_f
             target_modules="all-linear" if lo.target_modules == ["all-linear"] else lo.target_modules,
             layers_to_transform=list(range(n_layers - lo.last_layers, n_layers)) if lo.last_layers else None)
 
-    timings: dict[str, list[float]] = {"step": [], "prepare": [], "score": [], "tokens": []}
+    # wall and CPU time (see bench/step.py's clock) of each step and of the instrumented calls in it
+    timings: dict[str, list[tuple[float, float]]] = {"step": [], "prepare": [], "score": []}
+    tokens: list[float] = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warmup and device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             sync()
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_step_end(self, args, state, control, **kwargs):
             sync()
-            timings["step"].append(time.perf_counter() - self.t0)
+            timings["step"].append(elapsed(self.t0))
 
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=data,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[StepTimer()])
@@ -130,32 +132,43 @@ def run_trl(cfg: Config, steps: int, warmup: int, fixed_length: bool, rows_per_f
 
     def counted(*args: Any, **kwargs: Any):  # completion tokens per step, to check both sides did equal work
         out = generate_single_turn(*args, **kwargs)
-        timings["tokens"].append(float(sum(len(ids) for ids in out[0])))
+        tokens.append(float(sum(len(ids) for ids in out[0])))
         return out
 
     trainer._generate_single_turn = counted
     trainer.train()
 
-    keep = slice(warmup, warmup + steps)
-    step, prep, score = timings["step"][keep], timings["prepare"][keep], timings["score"][keep]
-    gen = [p - s for p, s in zip(prep, score)]
-    update = [t - p for t, p in zip(step, prep)]
     import trl
 
-    return {"steps": step, "gen": gen, "score": score, "update": update,
-            "tokens": timings["tokens"][keep], "version": trl.__version__}
+    keep = slice(warmup, warmup + steps)
+    out: dict[str, Any] = {"tokens": tokens[keep], "version": trl.__version__}
+    for i, prefix in enumerate(("", "cpu_")):  # wall, then CPU time
+        step, prep, score = ([t[i] for t in timings[k][keep]] for k in ("step", "prepare", "score"))
+        out.update({f"{prefix}steps": step, f"{prefix}score": score,
+                    f"{prefix}gen": [p - s for p, s in zip(prep, score)],
+                    f"{prefix}update": [t - p for t, p in zip(step, prep)]})
+    return out
 
 
-def _time_method(obj: Any, name: str, out: list[float], sync: Callable[[], None]) -> None:
-    """Wrap obj.name so each call's wall time is appended to `out` (bench-only instrumentation)."""
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float]) -> tuple[float, float]:
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def _time_method(obj: Any, name: str, out: list[tuple[float, float]], sync: Callable[[], None]) -> None:
+    """Wrap obj.name so each call's (wall, CPU) time is appended to `out` (bench-only instrumentation)."""
     fn = getattr(obj, name)
 
     def timed(*args: Any, **kwargs: Any):
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         result = fn(*args, **kwargs)
         sync()
-        out.append(time.perf_counter() - t0)
+        out.append(elapsed(t0))
         return result
 
     setattr(obj, name, timed)

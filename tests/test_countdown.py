@@ -373,7 +373,8 @@ def test_load_jsonl_single_file_is_split(tmp_path: Path) -> None:
 
 
 def test_load_parquet_and_dict(tmp_path: Path) -> None:
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "train.parquet")
     test = _write_jsonl(tmp_path / "test.jsonl", ROWS[:2])
     task = Countdown(n_test=1, data={"train": tmp_path / "train.parquet", "test": test})
@@ -388,7 +389,7 @@ def test_load_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         Countdown(data=_write_jsonl(tmp_path / "a.jsonl", [{"nums": [1, 2]}])).examples("train")
     with pytest.raises(ValueError, match="row 0"):
         Countdown(data=_write_jsonl(tmp_path / "b.jsonl", [{"nums": "1 2", "target": 3}])).examples("train")
-    datasets = pytest.importorskip("datasets")
+    import datasets
 
     def offline(*args, **kwargs):
         raise ConnectionError("no network")

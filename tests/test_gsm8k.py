@@ -307,7 +307,8 @@ def test_load_jsonl_path_serves_both_splits(tmp_path: Path) -> None:
 
 
 def test_load_parquet(tmp_path: Path) -> None:
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     path = tmp_path / "g.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
     exs = GSM8K(data=path).examples("test")
@@ -340,7 +341,7 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
 
 
 def test_hub_failure_says_to_pass_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    datasets = pytest.importorskip("datasets")
+    import datasets
 
     def offline(*args, **kwargs):
         raise ConnectionError("no network")

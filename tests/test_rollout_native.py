@@ -15,13 +15,13 @@ import torch
 
 from aha.errors import ModelError
 from aha.model import load_base
-from aha.rollout import SamplingParams, encode_prompts, generate
-from aha.rollout import decoder, hf, native
+from aha.rollout import SamplingParams, decoder, encode_prompts, generate, hf, native
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-         "How many clips did Natalia sell altogether in April and May? Weng earns 12 dollars an hour for "
-         "babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?").split() * 3
+TEXT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+        "How many clips did Natalia sell altogether in April and May? Weng earns 12 dollars an hour for "
+        "babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn? ")
+WORDS = (TEXT * 3).split()
 
 
 def prompts(n: int, step: int = 2) -> list[str]:
@@ -115,11 +115,12 @@ def test_greedy_matches_hf_generate_smollm2():
         decoder.clear_cache()
         out = native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)
     assert torch.equal(out, ref)
-    # With LoRA weights that are not zero, merged into the rollout copy (4 prompts: time).
+    # With LoRA weights that are not zero, merged into the rollout copy (3 prompts: HF + peft is slow).
     lora = with_lora(model)
+    params = SamplingParams(max_new_tokens=16, temperature=0)
     with torch.no_grad():
-        ref = hf.generate_ids(lora, ids[:4], mask[:4], params, eos, tok.pad_token_id)
-        out = native.generate_ids(lora, ids[:4], mask[:4], params, eos, tok.pad_token_id)
+        ref = hf.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)
+        out = native.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)
     assert torch.equal(out, ref)
 
 

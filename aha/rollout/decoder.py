@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from aha.errors import ModelError
@@ -101,7 +100,7 @@ class Decoder:
         self.dtype = self.decoder.embed_tokens.weight.dtype
         self.layers = list(self.decoder.layers[:self.n_layers])
         attn = self.layers[0].self_attn
-        self.attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.impl, _eager_attention(attn))
+        self.attention = _eager_attention(attn) if self.impl == "eager" else ALL_ATTENTION_FUNCTIONS[self.impl]
         softcap = getattr(cfg, "attn_logit_softcapping", None)
         self.attention_kwargs = [dict(dropout=0.0, scaling=layer.self_attn.scaling,
                                       sliding_window=getattr(layer.self_attn, "sliding_window", None),
@@ -133,9 +132,9 @@ class Decoder:
 
     # ------------------------------------------------------------------ forward
 
-    def masks(self, make: Callable[[int | None], torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One attention mask per layer type in use, from a boolean `make(window)`."""
-        return {t: to_attention_mask(make(self.windows[t]), self.impl, self.dtype) for t in set(self.types)}
+    def masks(self, make: Callable[..., torch.Tensor], *args: object) -> dict[str, torch.Tensor]:
+        """One attention mask per layer type in use, from a boolean `make(*args, window)`."""
+        return {t: to_attention_mask(make(*args, self.windows[t]), self.impl, self.dtype) for t in set(self.types)}
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, masks: dict[str, torch.Tensor],
                 cache: StaticKVCache) -> torch.Tensor:
@@ -192,8 +191,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 # A fused copy is kept per model while its weights are unchanged: a trainer's batched rollout and an
-# eval loop call the engine many times between two optimizer steps.
-_FUSED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Decoder]]" = weakref.WeakKeyDictionary()
+# eval loop call the engine many times between two optimizer steps. On CUDA the decoder is kept too,
+# so that the compiled decode step sees the same objects from one call to the next.
+_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Decoder]] = weakref.WeakKeyDictionary()
+FUSE_ON_CPU = True  # False: the model's own modules on CPU too (bench/rollout.py --lora compares both)
 
 
 def _weights_version(model: torch.nn.Module) -> tuple:
@@ -201,24 +202,20 @@ def _weights_version(model: torch.nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-FUSE_ON_CPU = True  # False: the model's own modules on CPU too (bench/rollout.py --lora compares both)
-
-
 def clear_cache() -> None:
     """Forget the fused copies (a benchmark timing a rollout right after an optimizer step)."""
-    _FUSED.clear()
+    _DECODERS.clear()
 
 
 def decoder_for(model: torch.nn.Module, rows: int) -> Decoder:
     """The decoder for this model on its device: fused on CPU, the model's own modules elsewhere."""
-    device = next(model.parameters()).device
-    if device.type != "cpu" or not FUSE_ON_CPU:
-        return Decoder(model, fused=False)
-    version = _weights_version(model)
-    hit = _FUSED.get(model)
-    if hit is not None and hit[0] == version:
+    fused = next(model.parameters()).device.type == "cpu" and FUSE_ON_CPU
+    version = _weights_version(model) if fused else ()  # the module path reads the live weights
+    hit = _DECODERS.get(model)
+    if hit is not None and hit[0] == version and (hit[1].fused is not None) == fused:
         return hit[1]
-    _FUSED.pop(model, None)  # free the old copy before building the new one
-    dec = Decoder(model, fused=True, rows=rows)
-    _FUSED[model] = (version, dec)
+    _DECODERS.pop(model, None)  # free the old copy before building the new one
+    with torch.no_grad():
+        dec = Decoder(model, fused=fused, rows=rows)
+    _DECODERS[model] = (version, dec)
     return dec

@@ -22,7 +22,7 @@ Token for token, greedy decoding equals `generate`'s (tests/test_rollout_native.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -61,8 +61,8 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
                  params: SamplingParams, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
     """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), C <= max_new_tokens,
     right-padded with pad_id after each row's EOS (the contract of `hf.generate_ids`)."""
-    dec = decoder_for(model, rows=prompt_ids.shape[0])
     with torch.no_grad():
+        dec = decoder_for(model, rows=prompt_ids.shape[0])
         if prompt_ids.device.type == "cuda" and os.environ.get("AHA_NATIVE_COMPILE", "1") != "0":
             return decode_static(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id, compile_step=True)
         return decode(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id)
@@ -107,7 +107,7 @@ def prefill(dec: Decoder, cache: StaticKVCache, prompt_ids: torch.Tensor, prompt
         local[uniq] = torch.arange(len(bucket), device=device)
         dst = (local[inverse] >= 0).nonzero().squeeze(1)  # the cache rows that hold this bucket's prompts
         cache.prefill(dst, local[inverse[dst]], width - w)
-        out = dec.forward(ids, positions, dec.masks(lambda win: prefill_mask(mask.bool(), win)), cache)
+        out = dec.forward(ids, positions, dec.masks(prefill_mask, mask.bool()), cache)
         if logits_u is None:
             logits_u = out.new_empty((n_unique, out.shape[1]))
         logits_u[uniq] = out
@@ -147,17 +147,20 @@ def decode(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pa
                                                                               key_valid, done))
         slot = width + t
         cache.decode(slot)
-        masks = dec.masks(lambda win: decode_mask(key_valid, slot, win))
+        masks = dec.masks(decode_mask, key_valid, slot)
         tokens = sample(dec.forward(tokens[:, None], positions, masks, cache), params)
         positions = positions + 1
     return out
 
 
 def _static_step(dec: Decoder, cache: StaticKVCache, key_valid: torch.Tensor, tokens: torch.Tensor,
-                 positions: torch.Tensor, slot: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """One fixed-shape decode step, model and sampling: the unit that is compiled and CUDA-graphed."""
+                 positions: torch.Tensor, slot: torch.Tensor, temperature: float, top_k: int,
+                 top_p: float) -> torch.Tensor:
+    """One fixed-shape decode step, model and sampling: the unit that is compiled and CUDA-graphed
+    (sampling knobs as plain numbers: the graph is specialized on them)."""
     cache.decode(slot)
-    masks = dec.masks(lambda win: static_decode_mask(key_valid, slot, win))
+    masks = dec.masks(static_decode_mask, key_valid, slot)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     return sample(dec.forward(tokens[:, None], positions, masks, cache), params)
 
 
@@ -204,7 +207,9 @@ def decode_static(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
             done |= new
             if t % 8 == 7 and bool(done.all()):  # a host sync every 8 tokens, not every token
                 break
+        slot = torch.tensor(width + t, device=device)
         # clone: a CUDA graph's output buffer is overwritten by its next replay
-        tokens = step(dec, cache, key_valid, tokens, positions, torch.tensor(width + t, device=device), params).clone()
+        tokens = step(dec, cache, key_valid, tokens, positions, slot, params.temperature, params.top_k,
+                      params.top_p).clone()
         positions = positions + 1
     return out[:, :int(ends.max())]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
