@@ -24,6 +24,16 @@ TEXT = ("Natalia sold clips to 48 of her friends in April, and then she sold hal
 WORDS = (TEXT * 3).split()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The matmuls here are small: a second thread buys little, and on a busy machine every parallel
+    region can wait a scheduler slice for it (10x slower). HF and native run under the same setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def prompts(n: int, step: int = 2) -> list[str]:
     """n distinct prompts of n different lengths."""
     return [" ".join(WORDS[i % 5:i % 5 + 2 + step * i]) for i in range(n)]
@@ -122,6 +132,22 @@ def test_greedy_matches_hf_generate_smollm2():
         ref = hf.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)
         out = native.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)
     assert torch.equal(out, ref)
+
+
+def test_compiled_decode_step_traces(monkeypatch):
+    """The CUDA path's fixed-shape step under torch.compile (dynamo only here: no GPU, no inductor)."""
+    model, tok = tiny("qwen2")
+    dec = decoder.Decoder(model, fused=False)  # CUDA runs the model's own modules
+    monkeypatch.setattr(native, "_compiled_step", torch.compile(native._static_step, backend="eager", dynamic=False))
+    monkeypatch.setattr(native, "_static_cache", None)
+    ids, mask = encode_prompts(tok, prompts(4, step=4))
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    with torch.no_grad():
+        ref = hf.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)
+        for _ in range(2):  # the second call reuses the cache and the compiled step
+            out = native.decode_static(dec, ids, mask, params, [tok.eos_token_id], tok.pad_token_id,
+                                       compile_step=True)
+            assert torch.equal(out, ref)
 
 
 def test_generate_entry_point_and_groups():

@@ -36,8 +36,9 @@ Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Linear:
-    """x (..., in) -> x @ weight.T + bias; weight pre-packed for oneDNN (for `rows`-row inputs, any work)
-    where torch's CPU build has it, else plain `F.linear`."""
+    """x (..., in) -> x @ weight.T + bias, with the weight pre-packed once for oneDNN where torch's CPU
+    build has it (packed for `rows`-row inputs; any row count works), else plain `F.linear`. Inductor
+    uses these same two ops for frozen CPU linears."""
     weight = weight.detach()
     mkldnn = getattr(torch.ops, "mkldnn", None)
     if (weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
@@ -47,6 +48,7 @@ def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -
     return lambda x: F.linear(x, weight, bias)
 
 
+@torch.no_grad()
 def merged_linear(layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight, bias) of a projection with its active LoRA deltas merged; None if they cannot be."""
     get_base = getattr(layer, "get_base_layer", None)

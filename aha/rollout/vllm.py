@@ -95,26 +95,27 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
     if prompt_ids.device.type != "cuda":
         raise ModelError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=native")
     llm = _llm(model, vllm)
+    greedy = params.temperature == 0
+    # One seed per row, drawn from the global RNG: rows of a group differ, a restored RNG state replays.
+    seeds = torch.randint(2**31 - 1, (prompt_ids.shape[0],)).tolist()
+    sampling = [vllm.SamplingParams(
+        n=1, max_tokens=params.max_new_tokens, temperature=0.0 if greedy else params.temperature,
+        top_p=1.0 if greedy else params.top_p, top_k=params.top_k if params.top_k > 0 and not greedy else -1,
+        ignore_eos=params.ignore_eos, stop_token_ids=[] if params.ignore_eos else list(eos_ids),
+        detokenize=False, seed=seed) for seed in seeds]
+    prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids, prompt_mask)]
     llm.wake_up(tags=["weights"])  # weights first, KV cache after: a lower peak while loading
-    chunk: list[tuple[str, torch.Tensor]] = []
-    for item in _policy_weights(model):
-        chunk.append(item)
-        if len(chunk) == 64:
-            llm.collective_rpc("aha_load_weights", args=(chunk,))
-            chunk = []
-    if chunk:
-        llm.collective_rpc("aha_load_weights", args=(chunk,))
-    llm.wake_up(tags=["kv_cache"])
     try:
-        greedy = params.temperature == 0
-        # One seed per row, drawn from the global RNG: rows of a group differ, a restored RNG state replays.
-        seeds = torch.randint(2**31 - 1, (prompt_ids.shape[0],)).tolist()
-        sampling = [vllm.SamplingParams(
-            n=1, max_tokens=params.max_new_tokens, temperature=0.0 if greedy else params.temperature,
-            top_p=1.0 if greedy else params.top_p, top_k=params.top_k if params.top_k > 0 and not greedy else -1,
-            ignore_eos=params.ignore_eos, stop_token_ids=[] if params.ignore_eos else list(eos_ids),
-            detokenize=False, seed=seed) for seed in seeds]
-        prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids, prompt_mask)]
+        chunk: list[tuple[str, torch.Tensor]] = []
+        for item in _policy_weights(model):
+            chunk.append(item)
+            if len(chunk) == 64:
+                llm.collective_rpc("aha_load_weights", args=(chunk,))
+                chunk = []
+        if chunk:
+            llm.collective_rpc("aha_load_weights", args=(chunk,))
+        llm.wake_up(tags=["kv_cache"])
+        llm.reset_prefix_cache()  # cached prompt blocks were computed by the previous weights
         outputs = llm.generate(prompts, sampling, use_tqdm=False)
     finally:
         llm.sleep(level=2)  # free weights and KV cache for the optimizer step; weights are pushed again
