@@ -61,11 +61,11 @@ class StaticKVCache:
 
 
 def to_attention_mask(allowed: torch.Tensor, impl: str, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean (B, 1, Q, K) mask (True = attend) in the form the model's attention function takes:
-    boolean for SDPA, additive (0 / most negative float) for eager, as transformers builds them."""
-    if impl == "sdpa":
-        return allowed
-    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    """A boolean (B, 1, Q, K) mask (True = attend) as an additive float mask, built once per forward
+    for all layers: -inf for SDPA (what SDPA turns a boolean mask into, in every layer), the most
+    negative float for eager attention (as transformers builds it)."""
+    blocked = float("-inf") if impl == "sdpa" else torch.finfo(dtype).min
+    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, blocked)
 
 
 def prefill_mask(key_valid: torch.Tensor, window: int | None) -> torch.Tensor:
