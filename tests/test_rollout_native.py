@@ -205,20 +205,21 @@ def chi_square_ok(counts: torch.Tensor, probs: torch.Tensor) -> bool:
     return stat < critical
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 5, 1.0),
-                                                      (1.0, 0, 0.8), (0.9, 8, 0.7)])
-def test_sampler_matches_softmax(temperature, top_k, top_p):
+@pytest.mark.parametrize("vocab,temperature,top_k,top_p", [
+    (24, 1.0, 0, 1.0), (24, 0.7, 0, 1.0), (24, 1.3, 5, 1.0), (24, 1.0, 0, 0.8), (24, 0.9, 8, 0.7),
+    (512, 1.0, 0, 1.0), (512, 0.8, 40, 0.9)])  # 512: the two-level CDF (blocks of 256)
+def test_sampler_matches_softmax(vocab, temperature, top_k, top_p):
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(24, generator=gen) * 2  # (V,)
+    logits = torch.randn(vocab, generator=gen) * (2 if vocab < 100 else 1)  # (V,)
     torch.manual_seed(0)
     n = 100_000
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     samples = native.sample(logits.expand(n, -1), params)
-    counts = torch.bincount(samples, minlength=24).double()
+    counts = torch.bincount(samples, minlength=vocab).double()
     probs = torch.softmax(logits.double() / temperature, -1)
     order = probs.argsort(descending=True)
-    keep = torch.zeros(24, dtype=torch.bool)
-    keep[order[:top_k or 24]] = True
+    keep = torch.zeros(vocab, dtype=torch.bool)
+    keep[order[:top_k or vocab]] = True
     if top_p < 1:  # smallest set of the likeliest tokens whose mass reaches top_p (after top-k)
         p = torch.where(keep, probs, 0.0)
         p = p / p.sum()
@@ -226,7 +227,7 @@ def test_sampler_matches_softmax(temperature, top_k, top_p):
         keep[order[mass_before >= top_p]] = False
     expected = torch.where(keep, probs, 0.0)
     expected = expected / expected.sum()
-    assert counts[~keep].sum() == 0  # truncation respected
+    assert counts.sum() == n and counts[~keep].sum() == 0  # truncation respected
     assert chi_square_ok(counts, expected)
 
 

@@ -142,7 +142,9 @@ class Decoder:
                 cache: StaticKVCache) -> torch.Tensor:
         """ids, positions (B, T) -> float32 logits of the last position (B, V)."""
         h = self.decoder.embed_tokens(ids)  # (B, T, H); Gemma's scaling is inside its embedding module
-        rope = self.decoder.rotary_emb(h, positions)
+        rope = self.decoder.rotary_emb(h, positions)  # cos, sin: (B, T, D)
+        if self.fused is not None:
+            rope = (rope[0].unsqueeze(2), rope[1].unsqueeze(2))  # (B, T, 1, D): broadcast over heads
         for i, (layer, kind) in enumerate(zip(self.layers, self.types)):
             if self.fused is None:
                 h = layer(h, attention_mask=masks[kind], position_embeddings=rope, position_ids=positions,
@@ -159,20 +161,16 @@ class Decoder:
         """One decoder layer on the fused weights; the same operations, in the same order, as the
         transformers layer (modeling_llama / _qwen2 / _qwen3 / _mistral / _gemma2)."""
         layer, (qkv, o_proj, gate_up, down) = self.layers[i], self.fused[i]  # type: ignore[index]
-        attn, gemma = layer.self_attn, self.model_type == "gemma2"
+        attn, gemma, nh = layer.self_attn, self.model_type == "gemma2", self.n_heads
         batch, width, _ = h.shape
         x = layer.input_layernorm(h)
-        q, k, v = qkv(x).split([self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
-                                self.n_kv_heads * self.head_dim], dim=-1)
-        q = q.view(batch, width, -1, self.head_dim)  # (B, T, nh, D)
-        k = k.view(batch, width, -1, self.head_dim)
+        heads = qkv(x).view(batch, width, -1, self.head_dim)  # (B, T, nh + 2 nkv, D): q | k | v heads
+        qk, v = heads[:, :, :nh + self.n_kv_heads], heads[:, :, nh + self.n_kv_heads:]
         if self.model_type == "qwen3":  # RMSNorm over each head's dims, before rotary
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, D)
-        v = v.view(batch, width, -1, self.head_dim).transpose(1, 2)
-        cos, sin = rope[0].unsqueeze(1), rope[1].unsqueeze(1)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+            qk = torch.cat([attn.q_norm(qk[:, :, :nh]), attn.k_norm(qk[:, :, nh:])], dim=2)
+        cos, sin = rope  # (B, T, 1, D)
+        qk = qk * cos + _rotate_half(qk) * sin  # q and k at once: per element, HF's arithmetic
+        q, k, v = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), v.transpose(1, 2)  # (B, h, T, D)
         k, v = cache.update(k, v, i)
         out, _ = self.attention(attn, q, k, v, mask, **self.attention_kwargs[i])  # (B, T, nh, D)
         out = o_proj(out.reshape(batch, width, -1))
