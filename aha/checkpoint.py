@@ -1,8 +1,8 @@
 """Checkpoints: atomic save, keep the last K, exact resume.
 
 A checkpoint `checkpoints/step-N/` holds the weights (the LoRA adapter, or the full model), the
-tokenizer, `config.yaml`, and `trainer_state.pt` (optimizer, scheduler, every RNG, the data
-cursor, the step). It is written into a temporary directory and renamed into place, and
+tokenizer, `config.yaml`, and `trainer_state.pt` (optimizer, scheduler, every RNG - of every
+rank under torchrun - the data cursor, the step). It is written into a temporary directory and renamed into place, and
 `meta.json` is its last file: a directory without it is not a checkpoint. Restoring all of that
 makes "3 steps, resume, 3 steps" identical to "6 steps".
 """
@@ -49,7 +49,9 @@ def _as_tuple(x: Any) -> Any:
 
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
-         scheduler: Any, trainer_state: dict[str, Any], config_yaml: str, keep_last: int) -> Path:
+         scheduler: Any, trainer_state: dict[str, Any], config_yaml: str, keep_last: int,
+         rng_states: list[dict[str, Any]] | None = None) -> Path:
+    """Write checkpoint `step`. `rng_states`: every rank's `rng_state()` in rank order (default: this process's)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -63,7 +65,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
     tokenizer.save_pretrained(tmp)
     (tmp / "config.yaml").write_text(config_yaml)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), **trainer_state}, tmp / STATE_FILE)
+                "rng": rng_states or [rng_state()], **trainer_state}, tmp / STATE_FILE)
     (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True}))
     if final.exists():  # re-saving a step after a resume: replace it whole
         shutil.rmtree(final)
@@ -106,8 +108,9 @@ def verify(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNGs; returns the trainer state (step, cursor...)."""
+def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+         rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and this rank's RNGs; returns the trainer state (step, cursor...)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -142,7 +145,18 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
                               "resume from an earlier one with --resume PATH") from e
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
-    set_rng_state(state.pop("rng"))
+    rngs = state.pop("rng")
+    rngs = [rngs] if isinstance(rngs, dict) else rngs  # checkpoints from before torchrun support hold one
+    if len(rngs) == world:
+        set_rng_state(rngs[rank])
+    else:  # resuming on another number of processes: same weights and data order, fresh sampling streams
+        import warnings
+
+        warnings.warn(f"checkpoint {path} was written by {len(rngs)} process(es), this run has {world}: "
+                      "the sampling RNGs restart from the seed and the step, so the run is not bit-exact")
+        seed = int(state["step"]) * 7919 + rank
+        random.seed(seed)
+        torch.manual_seed(seed)
     return state
 
 

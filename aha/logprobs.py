@@ -4,6 +4,13 @@ The model's decoder gives hidden states (B, T, H); only the C completion positio
 to the vocabulary, `chunk` positions at a time, and each chunk is recomputed in the backward pass
 (activation checkpointing), so peak memory for logits is (B, chunk, V) instead of (B, T, V) in
 fp32 - the largest single tensor of a naive GRPO step with a 150k-256k vocabulary.
+
+`shared_prompt_logprobs` is the fast path of the update: the G completions of a group share one
+prompt, so the prompt goes through the decoder once per group (keys and values kept) and the G
+completions attend to it, instead of G copies of the prompt each paying forward and backward. The
+gradient through the shared keys and values is the sum over the G rows, so the result is the same
+as the per-row computation (tested). It needs the KV cache inside the differentiable forward, which
+transformers turns off under gradient checkpointing; `batch_logprobs` then uses the per-row path.
 """
 
 from __future__ import annotations
@@ -48,11 +55,16 @@ def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attenti
                              position_ids=position_ids(attention_mask), use_cache=False)
     # The hidden state at t predicts token t + 1: positions T-C-1 .. T-2 predict the completion.
     hidden = out.last_hidden_state[:, -n_completion - 1:-1]  # (B, C, H)
-    targets = input_ids[:, -n_completion:]  # (B, C)
+    return _head_logprobs(base, hidden, input_ids[:, -n_completion:], temperature, chunk)
+
+
+def _head_logprobs(base: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden (B, C, H) -> (logp (B, C), entropy (B, C)), `chunk` positions of logits at a time."""
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     logps, entropies = [], []
-    for start in range(0, n_completion, chunk):
+    for start in range(0, hidden.shape[1], chunk):
         h, t = hidden[:, start:start + chunk], targets[:, start:start + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
             lp, ent = checkpoint(_chunk_logprobs, h, t, head.weight, head.bias, temperature, softcap,
@@ -62,6 +74,45 @@ def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attenti
         logps.append(lp)
         entropies.append(ent)
     return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
+
+
+def shared_prompt_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                           group: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                           temperature: float = 1.0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies of completions whose prompts are shared.
+
+    prompt_ids, prompt_mask: (U, P) the distinct prompts, left-padded; group: (B,) the prompt row of
+    each completion; completion_ids, completion_mask: (B, C) right-padded.
+    Returns (logp (B, C), entropy (B, C)), equal to `completion_logprobs` on the concatenated rows.
+    """
+    base = unwrap(model)
+    decoder = base.get_decoder()
+    p_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+                    use_cache=True)
+    cache = p_out.past_key_values
+    cache.batch_select_indices(group)  # (U, ...) -> (B, ...); the backward sums the rows' gradients
+    mask = torch.cat([prompt_mask[group], completion_mask], dim=1)  # (B, P + C)
+    C = completion_ids.shape[1]
+    positions = prompt_mask.sum(dim=1)[group].unsqueeze(1) + torch.arange(C, device=group.device)  # (B, C)
+    c_out = decoder(input_ids=completion_ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True)
+    # The prompt's last hidden state predicts the first completion token; completion token t the t + 1-th.
+    hidden = torch.cat([p_out.last_hidden_state[group, -1:], c_out.last_hidden_state[:, :-1]], dim=1)
+    return _head_logprobs(base, hidden, completion_ids, temperature, chunk)
+
+
+def batch_logprobs(model: torch.nn.Module, mb: dict[str, torch.Tensor], temperature: float = 1.0,
+                   chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of a micro-batch from `train.micro_batches`: the shared-prompt path when the model
+    can keep a KV cache in its training forward, the per-row path otherwise."""
+    base = unwrap(model)
+    checkpointed = base.training and any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
+    if not checkpointed:
+        return shared_prompt_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["group"], mb["cids"],
+                                      mb["cmask"], temperature, chunk)
+    ids = torch.cat([mb["prompt_ids"][mb["group"]], mb["cids"]], dim=1)
+    mask = torch.cat([mb["prompt_mask"][mb["group"]], mb["cmask"]], dim=1)
+    return completion_logprobs(model, ids, mask, mb["cids"].shape[1], temperature, chunk)
 
 
 def naive_completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -2,7 +2,9 @@
 micro-batched update -> log -> eval -> checkpoint.
 
 Read `train()` first; `policy_update()` is the only other piece with real logic. The algorithm's
-arithmetic is in algo.py, the memory-lean log-probs in logprobs.py.
+arithmetic is in algo.py, the memory-lean log-probs in logprobs.py. Under torchrun the same loop
+runs data-parallel: each rank rolls out its share of the step's prompts and DDP all-reduces the
+gradients; the few places that differ call aha/distributed.py (`d` below; a no-op on one process).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 import torch
 import yaml
 
-from aha import checkpoint
+from aha import checkpoint, distributed
 from aha.algo import group_advantages, loss_weights, policy_loss
 from aha.config import Config, ConfigError
 from aha.log import RunLogger, reflection_rate
-from aha.logprobs import completion_logprobs
+from aha.logprobs import batch_logprobs
 from aha.model import load_policy, trainable_parameters
 from aha.optim import build_optimizer
 from aha.rollout import Rollout, SamplingParams, generate
@@ -31,6 +33,10 @@ from aha.tasks import get_task, reward_means
 
 def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Path:
     """Run GRPO as configured. `resume`: None (fresh run), "latest", or a checkpoint path."""
+    d, device = distributed.setup(cfg.device)  # one process: Dist(rank=0, world=1), nothing initialised
+    if cfg.prompts_per_step % d.world:
+        raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {d.world} processes "
+                          f"(a group never spans ranks); make it a multiple of --nproc-per-node")
     run_dir = Path(cfg.output_dir)
     ckpt_path = _checkpoint_to_resume(run_dir, resume, overwrite)
     random.seed(cfg.seed)
@@ -40,9 +46,13 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
     task = get_task(cfg.task, **cfg.task_options)
     train_set = task.examples("train")
-    policy = load_policy(cfg.model, cfg.finetune, cfg.lora, cfg.device, cfg.dtype, cfg.gradient_checkpointing,
-                         cfg.seed)
+    policy = load_policy(cfg.model, cfg.finetune, cfg.lora, device, cfg.dtype, cfg.gradient_checkpointing,
+                         cfg.seed)  # same seed everywhere: every rank starts from the same weights
     model, tokenizer = policy.model, policy.tokenizer
+    if d.rank > 0:  # ranks sample different completions; rank 0 keeps the 1-process stream
+        random.seed(cfg.seed + 1009 * d.rank)
+        torch.manual_seed(cfg.seed + 1009 * d.rank)
+    net = distributed.wrap(model, batch_logprobs, d)  # DDP when distributed: all-reduces gradients
     # Full fine-tuning needs a frozen copy for the KL term; LoRA disables its adapters instead.
     ref_model = None
     if cfg.algo.beta > 0 and policy.finetune == "full":
@@ -51,13 +61,16 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0}
     if ckpt_path is not None:
-        state.update(checkpoint.load(ckpt_path, model, optimizer, scheduler))
-        print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
+        state.update(checkpoint.load(ckpt_path, model, optimizer, scheduler, rank=d.rank, world=d.world))
+        if d.main:
+            print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_yaml)
-    logger = RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"] if ckpt_path else None)
-    progress = Progress(cfg.max_steps, state["step"])
+    logger = progress = None
+    if d.main:  # rank 0 writes everything on disk
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+        logger = RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"] if ckpt_path else None)
+        progress = Progress(cfg.max_steps, state["step"])
 
     G = cfg.rollout.num_generations
     sampling = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
@@ -66,7 +79,9 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
+        # Every rank draws the same prompts and takes its share.
         examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
+        examples = distributed.shard(examples, d)
         group = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent
 
         # 2. Rollout: G completions per prompt from the current policy.
@@ -77,8 +92,6 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         # 3. Score: the task's rule-checked rewards; accuracy and format are separate metrics.
         scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
         rewards = torch.tensor([total for total, _ in scores])  # (N,)
-        correct = [task.is_correct(text, ex) for text, ex in zip(ro.texts, group)]
-        formatted = [task.is_formatted(text, ex) for text, ex in zip(ro.texts, group)]
         t_score = time.perf_counter()
 
         # 4. Advantages within each group; all-equal groups carry no signal (optionally dropped).
@@ -88,45 +101,75 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             rows = rows[~zero_std.repeat_interleave(G)]
 
         # 5. Update: mu optimizer steps over these rollouts, micro-batched by a token budget.
-        stats = policy_update(model, ro, advantages, rows, optimizer, scheduler, cfg, ref_model)
+        stats = policy_update(model, ro, advantages, rows, optimizer, scheduler, cfg, ref_model, net, d)
         t_end = time.perf_counter()
 
-        # 6. Log.
-        lengths = ro.completion_mask.sum(dim=1).float()
-        metrics = {
-            "reward": rewards.mean().item(), "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
-            **reward_means([parts for _, parts in scores]),
-            "accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
-            "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
-            "truncated_rate": ro.truncated.float().mean().item(),
-            "reflection_rate": reflection_rate(ro.texts), "frac_zero_std": zero_std.float().mean().item(),
-            **stats, "lr": scheduler.get_last_lr()[0],
-            "tokens_per_s": lengths.sum().item() / max(t_gen - t0, 1e-9),
-            "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
-            "update_time": t_end - t_score, "epoch": state["epoch"],
-        }
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            from aha.eval import evaluate
+        # 6. Log: rank 0 gathers every rank's rows and computes what a 1-process run would.
+        rows_out = [{"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts,
+                     "correct": task.is_correct(text, ex), "formatted": task.is_formatted(text, ex),
+                     "length": int(n), "truncated": bool(tr)}
+                    for ex, text, (total, parts), n, tr in zip(group, ro.texts, scores,
+                                                               ro.completion_mask.sum(dim=1), ro.truncated)]
+        rows_out = [r for rank_rows in distributed.gather(rows_out, d) for r in rank_rows]
+        n_zero = distributed.all_sum([zero_std.float().sum().item()], d)[0]
+        if d.main:
+            metrics = {
+                **rollout_metrics(rows_out), "frac_zero_std": n_zero / cfg.prompts_per_step,
+                **stats, "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": sum(r["length"] for r in rows_out) / max(t_gen - t0, 1e-9),
+                "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
+                "update_time": t_end - t_score, "epoch": state["epoch"],
+            }
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                from aha.eval import evaluate
 
-            result = evaluate(model, tokenizer, task, split="test", limit=cfg.eval_limit,
-                              max_new_tokens=cfg.rollout.max_new_tokens, engine=cfg.rollout.engine)
-            metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
-        logger.log_metrics(step, metrics)
-        if cfg.log_completions_every and step % cfg.log_completions_every == 0:
-            logger.log_completions(step, [
-                {"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts, "correct": ok}
-                for ex, text, (total, parts), ok in zip(group, ro.texts, scores, correct)])
-        if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
-            logger.log_completions(step, [probe_completion(model, tokenizer, task, cfg)])
-        progress.update(step, metrics)
+                result = evaluate(model, tokenizer, task, split="test", limit=cfg.eval_limit,
+                                  max_new_tokens=cfg.rollout.max_new_tokens, engine=cfg.rollout.engine)
+                metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+            logger.log_metrics(step, metrics)
+            if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+                logger.log_completions(step, [{k: r[k] for k in ("prompt_id", "completion", "reward", "rewards",
+                                                                 "correct")} for r in rows_out])
+            if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
+                logger.log_completions(step, [probe_completion(model, tokenizer, task, cfg)])
+            progress.update(step, metrics)
 
         # 7. Checkpoint (the state saved is the state *after* this step).
-        state["step"] = step
-        if step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-            checkpoint.save(run_dir, step, model, tokenizer, optimizer, scheduler, state, config_yaml, cfg.keep_last)
-    progress.close()
-    logger.close()
+        _save_if_due(step, cfg, state, d, run_dir, model, tokenizer, optimizer, scheduler, config_yaml)
+    if d.main:
+        progress.close()
+        logger.close()
+    distributed.shutdown(d)
     return run_dir
+
+
+def rollout_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Reward, accuracy, format and length figures of a step's completions (all ranks' rows)."""
+    rewards = torch.tensor([r["reward"] for r in rows])
+    lengths = torch.tensor([float(r["length"]) for r in rows])
+    n = len(rows)
+    return {
+        "reward": rewards.mean().item(), "reward_std": rewards.std().item() if n > 1 else 0.0,
+        **reward_means([r["rewards"] for r in rows]),
+        "accuracy": sum(r["correct"] for r in rows) / n, "format_rate": sum(r["formatted"] for r in rows) / n,
+        "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
+        "truncated_rate": sum(r["truncated"] for r in rows) / n,
+        "reflection_rate": reflection_rate([r["completion"] for r in rows]),
+    }
+
+
+def _save_if_due(step: int, cfg: Config, state: dict[str, Any], d: distributed.Dist, run_dir: Path,
+                 model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 config_yaml: str) -> None:
+    """Rank 0 writes the checkpoint; every rank's RNG state goes in it (a collective: all ranks call this)."""
+    state["step"] = step
+    if not (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
+        return
+    rngs = distributed.gather(checkpoint.rng_state(), d)
+    if d.main:
+        checkpoint.save(run_dir, step, model, tokenizer, optimizer, scheduler, state, config_yaml, cfg.keep_last,
+                        rng_states=rngs)
+    distributed.barrier(d)  # no rank runs ahead of a checkpoint it may be asked to resume from
 
 
 def probe_completion(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: Config) -> dict[str, Any]:
@@ -142,19 +185,28 @@ def probe_completion(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: Con
 
 def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor, rows: torch.Tensor,
                   optimizer: torch.optim.Optimizer, scheduler: Any, cfg: Config,
-                  ref_model: torch.nn.Module | None = None) -> dict[str, float]:
-    """mu optimizer steps on the rows `rows` of a rollout. Returns the step's update metrics."""
+                  ref_model: torch.nn.Module | None = None, net: torch.nn.Module | None = None,
+                  d: distributed.Dist = distributed.Dist()) -> dict[str, float]:
+    """mu optimizer steps on the rows `rows` of a rollout. Returns the step's update metrics.
+
+    `net` is `distributed.wrap(model, batch_logprobs, d)` (built once by `train`); under torchrun
+    each rank passes its own rollout and the result is the 1-process update on all ranks' rows.
+    """
     a = cfg.algo
     temperature = cfg.rollout.temperature or 1.0  # log-probs of the distribution we sampled from
     nan = float("nan")
-    if len(rows) == 0:  # every group was dropped (all rewards equal): nothing to learn from
-        return {"loss": 0.0, "grad_norm": 0.0, "entropy": nan, "kl": nan, "clip_frac": 0.0, "update_skipped": 1.0}
+    net = net if net is not None else distributed.wrap(model, batch_logprobs, d)
     cmask = ro.completion_mask
-    n_seqs, n_tokens = len(rows), int(cmask[rows].sum())
-    batches = micro_batches(ro, rows, advantages, cfg.micro_batch_tokens)
+    # The loss weights use the global batch (all ranks), so the ranks' losses sum to the 1-process loss.
+    n_seqs, n_tokens = (int(x) for x in distributed.all_sum([len(rows), cmask[rows].sum().item()], d))
+    if n_seqs == 0:  # every group of every rank was dropped (all rewards equal): nothing to learn from
+        return {"loss": 0.0, "grad_norm": 0.0, "entropy": nan, "kl": nan, "clip_frac": 0.0, "update_skipped": 1.0}
+    # A rank whose groups were all dropped still joins DDP's all-reduce, with a zero-weighted row.
+    idle = len(rows) == 0
+    batches = micro_batches(ro, torch.arange(1) if idle else rows, advantages, cfg.micro_batch_tokens)
 
     def logprobs(mb: dict[str, torch.Tensor], m: torch.nn.Module = model) -> tuple[torch.Tensor, torch.Tensor]:
-        return completion_logprobs(m, mb["ids"], mb["mask"], mb["cmask"].shape[1], temperature, cfg.logprob_chunk)
+        return batch_logprobs(m, mb, temperature, cfg.logprob_chunk)
 
     with torch.no_grad():
         # mu > 1 reuses these rollouts for several optimizer steps: the ratio needs the log-probs
@@ -174,12 +226,16 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
     for it in range(a.mu):
         optimizer.zero_grad(set_to_none=True)
         for i, mb in enumerate(batches):
-            logp, entropy = logprobs(mb)  # (b, c)
-            w = loss_weights(mb["cmask"], a.loss_agg, n_seqs, n_tokens, cfg.rollout.max_new_tokens)
-            loss, st = policy_loss(logp, old[i] if old else logp.detach(), mb["adv"], w, a.epsilon_low,
-                                   a.epsilon_high, a.beta, ref[i] if ref else None)
-            loss.backward()
-            if it == a.mu - 1:  # report the last inner iteration's figures
+            with distributed.no_sync(net, sync=i == len(batches) - 1):  # one all-reduce, after the last
+                logp, entropy = net(mb, temperature, cfg.logprob_chunk)  # (b, c)
+                w = loss_weights(mb["cmask"], a.loss_agg, n_seqs, n_tokens, cfg.rollout.max_new_tokens)
+                if idle:
+                    w = w * 0.0
+                loss, st = policy_loss(logp, old[i] if old else logp.detach(), mb["adv"], w, a.epsilon_low,
+                                       a.epsilon_high, a.beta, ref[i] if ref else None)
+                # DDP averages gradients over ranks; the global loss is their sum, hence * world.
+                (loss * d.world).backward()
+            if it == a.mu - 1 and not idle:  # report the last inner iteration's figures
                 totals["loss"] += loss.item()
                 totals["kl"] += st["kl"].item() if "kl" in st else 0.0
                 totals["clip_frac"] += st["clip_frac"].item()
@@ -187,33 +243,50 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()
-    return {**totals, "kl": totals["kl"] if a.beta > 0 else nan, "entropy": entropy_sum / max(n_tokens, 1),
-            "grad_norm": grad_norm.item(), "update_skipped": 0.0}
+    loss, kl, clip_frac, entropy_sum = distributed.all_sum(
+        [totals["loss"], totals["kl"], totals["clip_frac"], entropy_sum], d)
+    return {"loss": loss, "kl": kl if a.beta > 0 else nan, "clip_frac": clip_frac,
+            "entropy": entropy_sum / max(n_tokens, 1), "grad_norm": grad_norm.item(), "update_skipped": 0.0}
 
 
 def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor,
                   token_budget: int) -> list[dict[str, torch.Tensor]]:
-    """Pack rows into micro-batches of at most `token_budget` padded tokens each (at least one row),
-    trimming each micro-batch's padding to its own longest prompt and completion."""
+    """Pack rows into micro-batches of at most `token_budget` tokens each (at least one row).
+
+    A micro-batch holds its distinct prompts once (`prompt_ids` (U, P), trimmed to its longest)
+    and each row's completion (`cids` (b, C), trimmed likewise) with `group` (b,) pointing at its
+    prompt: the update runs a prompt once for all of its G completions (logprobs.batch_logprobs).
+    The budget counts what that forward holds: U * P prompt tokens + b * C completion tokens.
+    """
     p_len = ro.prompt_mask.sum(dim=1)  # (N,)
     c_len = ro.completion_mask.sum(dim=1)  # (N,)
-    groups: list[list[int]] = [[]]
+    # Rows with identical (padded) prompt ids share a prompt: the G rows of a group.
+    _, prompt_of = torch.unique(ro.prompt_ids, dim=0, return_inverse=True)  # (N,)
+
+    def cost(g: list[int]) -> int:
+        prompts = {int(prompt_of[r]) for r in g}
+        return len(prompts) * int(p_len[g].max()) + len(g) * int(c_len[g].max())
+
+    packs: list[list[int]] = [[]]
     for r in rows.tolist():
-        trial = groups[-1] + [r]
-        cost = len(trial) * (int(p_len[trial].max()) + int(c_len[trial].max()))
-        if groups[-1] and cost > token_budget:
-            groups.append([r])
+        if packs[-1] and cost(packs[-1] + [r]) > token_budget:
+            packs.append([r])
         else:
-            groups[-1] = trial
+            packs[-1].append(r)
     out = []
     P = ro.prompt_ids.shape[1]
-    for g in groups:
+    for g in packs:
         idx = torch.tensor(g)
+        first_row: dict[int, int] = {}  # prompt -> the first row that has it, in order of appearance
+        for r in g:
+            first_row.setdefault(int(prompt_of[r]), r)
+        order = {p: i for i, p in enumerate(first_row)}
+        group = torch.tensor([order[int(prompt_of[r])] for r in g])  # (b,) row -> its prompt's index
+        reps = torch.tensor(list(first_row.values()))  # (U,)
         pw, cw = int(p_len[idx].max()), max(int(c_len[idx].max()), 1)
-        ids = torch.cat([ro.prompt_ids[idx, P - pw:], ro.completion_ids[idx, :cw]], dim=1)
-        cmask = ro.completion_mask[idx, :cw]
-        mask = torch.cat([ro.prompt_mask[idx, P - pw:], cmask], dim=1)
-        out.append({"ids": ids, "mask": mask, "cmask": cmask, "adv": advantages[idx].to(ids.device)})
+        out.append({"prompt_ids": ro.prompt_ids[reps, P - pw:], "prompt_mask": ro.prompt_mask[reps, P - pw:],
+                    "group": group.to(ro.prompt_ids.device), "cids": ro.completion_ids[idx, :cw],
+                    "cmask": ro.completion_mask[idx, :cw], "adv": advantages[idx].to(ro.prompt_ids.device)})
     return out
 
 

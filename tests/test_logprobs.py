@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from aha.logprobs import completion_logprobs, naive_completion_logprobs, position_ids
+from aha.logprobs import (batch_logprobs, completion_logprobs, naive_completion_logprobs, position_ids,
+                          shared_prompt_logprobs)
 from aha.model import load_policy
 
 
@@ -55,3 +56,69 @@ def test_entropy_matches_definition():
         logits = pol.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -4:-1]
         p = torch.softmax(logits.float(), -1)
         assert torch.allclose(ent, -(p * torch.log(p)).sum(-1), atol=1e-4)
+
+
+def _shared_batch(vocab: int, seed: int = 0, P: int = 7, C: int = 6):
+    """3 distinct left-padded prompts; 5 completions pointing at them (right-padded)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(0, vocab, (3, P), generator=g)
+    pmask = torch.ones_like(prompts)
+    pmask[0, :3] = 0
+    pmask[2, :1] = 0
+    group = torch.tensor([0, 0, 1, 2, 2])
+    comps = torch.randint(0, vocab, (5, C), generator=g)
+    cmask = torch.ones_like(comps)
+    cmask[1, 2:] = 0  # ended early (EOS at position 1)
+    cmask[3, 4:] = 0
+    return prompts, pmask, group, comps, cmask
+
+
+@pytest.mark.parametrize("arch", ["tiny-qwen2", "tiny-llama", "tiny-gemma2"])
+def test_shared_prompt_equals_per_row_with_gradients(arch):
+    """One prompt forward per group gives the per-row log-probs and the same gradients (the
+    backward through the repeated keys/values sums the rows)."""
+    pol = load_policy(f"random:{arch}", finetune="full", device="cpu", seed=4)
+    model = pol.model
+    prompts, pmask, group, comps, cmask = _shared_batch(model.config.vocab_size)
+    w = torch.randn(5, 6, generator=torch.Generator().manual_seed(9)) * cmask
+    lp, ent = shared_prompt_logprobs(model, prompts, pmask, group, comps, cmask, temperature=0.8, chunk=4)
+    (lp * w).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ids, mask = torch.cat([prompts[group], comps], 1), torch.cat([pmask[group], cmask], 1)
+    ref, ref_ent = completion_logprobs(model, ids, mask, 6, temperature=0.8, chunk=4)
+    (ref * w).sum().backward()
+    real = cmask.bool()
+    assert torch.allclose(lp[real], ref[real], atol=1e-5)
+    assert torch.allclose(ent[real], ref_ent[real], atol=1e-4)
+    for g, p in zip(grads, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+def test_shared_prompt_beyond_gemma2_sliding_window():
+    """Prompt + completion longer than Gemma 2's sliding window (64 in the tiny config): the cached
+    keys of the sliding layers must still line up with the per-row forward."""
+    pol = load_policy("random:tiny-gemma2", finetune="full", device="cpu", seed=5)
+    prompts, pmask, group, comps, cmask = _shared_batch(pol.model.config.vocab_size, P=50, C=30)
+    with torch.no_grad():
+        lp, _ = shared_prompt_logprobs(pol.model, prompts, pmask, group, comps, cmask)
+        ids, mask = torch.cat([prompts[group], comps], 1), torch.cat([pmask[group], cmask], 1)
+        ref = naive_completion_logprobs(pol.model, ids, mask, 30)
+    real = cmask.bool()
+    assert torch.allclose(lp[real], ref[real], atol=1e-5)
+
+
+def test_batch_logprobs_falls_back_to_per_row_under_gradient_checkpointing():
+    """transformers drops the KV cache in checkpointed layers; the per-row path must be taken then,
+    and it must give the same numbers."""
+    pol = load_policy("random:tiny-qwen2", finetune="lora", device="cpu", gradient_checkpointing=True, seed=6)
+    prompts, pmask, group, comps, cmask = _shared_batch(pol.model.config.vocab_size)
+    mb = {"prompt_ids": prompts, "prompt_mask": pmask, "group": group, "cids": comps, "cmask": cmask}
+    pol.model.train()
+    lp, _ = batch_logprobs(pol.model, mb)
+    lp.sum().backward()  # the checkpointed path really ran with gradients
+    pol.model.eval()
+    with torch.no_grad():
+        shared, _ = batch_logprobs(pol.model, mb)  # eval mode: no checkpointing, shared path
+    real = cmask.bool()
+    assert torch.allclose(lp.detach()[real], shared[real], atol=1e-5)
