@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -40,13 +41,19 @@ def pick_preset() -> tuple[str, str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from aha.config import load_config
-    from aha.train import train
 
     preset = args.config
     if preset is None:
         preset, why = pick_preset()
         print(f"aha: no -c given; using preset {preset!r} because {why}", file=sys.stderr)
     cfg = load_config(preset, args.overrides)
+    if cfg.backend == "jax":  # imported only when asked for: torch-only installs never import jax
+        if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
+            raise AhaError("backend=jax needs jax and optax: pip install -e '.[jax]' (on a TPU VM: "
+                           "pip install 'jax[tpu]' too; see docs/tpu.md)")
+        from aha.jax.train import train
+    else:
+        from aha.train import train
     resume = None if args.resume is None else args.resume
     run_dir = train(cfg, resume=resume, overwrite=args.overwrite)
     print(f"aha: run written to {run_dir} (see `aha report {run_dir}`)", file=sys.stderr)

@@ -72,6 +72,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     deterministic: bool = False  # torch.use_deterministic_algorithms; used by the resume test
+    # torch (the default) | jax: the same GRPO in JAX for TPUs (aha/jax/, docs/tpu.md). Under jax,
+    # device is auto (jax's default backend) or cpu, and rollout.engine is unused (its own sampler).
+    backend: str = "torch"
     # --- model ---
     model: str = "smollm2-135m"  # hub id, local dir, .gguf file, smollm2-135m, random:<arch>
     finetune: str = "lora"  # lora | qlora (4-bit base, CUDA + bitsandbytes) | full
@@ -236,6 +239,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 
 _CHOICES = {
+    "backend": ("torch", "jax"),
     "finetune": ("lora", "qlora", "full"),
     "lr_schedule": ("constant", "cosine", "linear"),
     "rollout.engine": ("hf", "native", "vllm"),
@@ -265,6 +269,31 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.num_generations < 2:
         raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
+    if cfg.backend == "jax":
+        validate_jax(cfg)
+
+
+def validate_jax(cfg: Config) -> None:
+    """What backend=jax does not do (yet), each with the fix."""
+    fix = "; use backend=torch for it"
+    if cfg.finetune != "lora":
+        raise ConfigError(f"backend=jax trains LoRA adapters only, not finetune={cfg.finetune}: set finetune=lora{fix}")
+    if cfg.optimizer != "adamw":
+        raise ConfigError(f"optimizer={cfg.optimizer} is a bitsandbytes CUDA optimizer: set optimizer=adamw "
+                          "(optax AdamW) with backend=jax")
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError("backend=jax samples with its own jitted sampler, not vLLM: drop rollout.engine=vllm")
+    if not (cfg.device == "auto" or cfg.device == "cpu"):
+        raise ConfigError(f"backend=jax picks its devices itself (all TPU cores / GPUs): set device=auto "
+                          f"(or device=cpu), not {cfg.device!r}")
+    if cfg.dtype == "float16":
+        raise ConfigError("backend=jax computes in bfloat16 or float32: set dtype=bfloat16 (or auto)")
+    if cfg.lora.dropout > 0:
+        raise ConfigError("backend=jax has no LoRA dropout: set lora.dropout=0" + fix)
+    if cfg.lora.last_layers:
+        raise ConfigError("backend=jax adapts every layer: set lora.last_layers=0" + fix)
+    if cfg.rollout.batch_size:
+        raise ConfigError("backend=jax generates a step's rollouts in one batch: set rollout.batch_size=0")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

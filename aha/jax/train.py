@@ -1,0 +1,319 @@
+"""The GRPO loop of the JAX backend, top to bottom: sample prompts -> rollout -> score -> advantages
+-> micro-batched update -> log -> eval -> checkpoint. The same steps as aha/train.py, in the same
+order, writing the same metrics.jsonl / completions.jsonl (so `aha report` reads a JAX run).
+
+Reused from the torch path: config, tasks and rewards, the prompt order (`next_indices`), the
+learning-rate schedule (`lr_lambda`), `RunLogger`, the progress line, eval's `summarize`. JAX here:
+the sampler, the loss and its gradient, the optax update, the sharding.
+
+Where it departs from aha/train.py, and why (all for XLA's fixed shapes: a new shape is a new
+compilation, seconds to minutes on a TPU):
+- prompts are left-padded to a multiple of 32 tokens and completions right-padded to a multiple of
+  32, and a micro-batch is a fixed number of rows, so a run compiles a handful of programs;
+- DAPO's dropping of all-equal groups (`algo.drop_zero_std`) zeroes their rows' loss weights
+  instead of removing the rows: the same loss, a fixed batch shape;
+- each step's sampling key is fold_in(key(seed), step): resume needs no RNG state.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from aha.config import Config, ConfigError
+from aha.log import RunLogger, reflection_rate
+from aha.tasks import get_task, reward_means
+
+COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
+
+
+def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Path:
+    """Run GRPO as configured on JAX. `resume`: None (fresh run), "latest", or a checkpoint path."""
+    if cfg.device == "cpu":  # before any jax call picks a backend
+        jax.config.update("jax_platforms", "cpu")
+    from aha.jax import checkpoint
+    from aha.jax import lora as lora_lib
+    from aha.jax.algo import group_advantages
+    from aha.jax.sampler import generate
+    from aha.jax.sharding import make_mesh, put_batch, replicate, shard_params
+    from aha.jax.weights import load_model
+    from aha.train import Progress, lr_lambda, next_indices
+
+    run_dir = Path(cfg.output_dir)
+    ckpt_path = _checkpoint_to_resume(run_dir, resume, overwrite)
+    random.seed(cfg.seed)
+    mesh = make_mesh()
+    n_dev = mesh.devices.size
+    G = cfg.rollout.num_generations
+    n_rows = cfg.prompts_per_step * G
+    if n_rows % n_dev:
+        raise ConfigError(f"prompts_per_step * rollout.num_generations = {n_rows} rows do not split over "
+                          f"{n_dev} devices; make it a multiple of {n_dev} (e.g. prompts_per_step="
+                          f"{-(-n_rows // n_dev) * n_dev // G or 1} with num_generations={G})")
+
+    task = get_task(cfg.task, **cfg.task_options)
+    train_set = task.examples("train")
+    lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
+    mcfg, tokenizer = lm.config, lm.tokenizer
+    params = shard_params(lm.params, mesh)  # frozen, split over the devices
+    lm.params = None  # drop the host copy
+    targets = lora_lib.target_names(cfg.lora.target_modules)
+    scale = cfg.lora.alpha / cfg.lora.r
+    lora = lora_lib.init(jax.random.key(cfg.seed), mcfg, cfg.lora.r, targets)
+    optimizer = build_optimizer(cfg)
+    opt_state = optimizer.init(lora)
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0}
+    if ckpt_path is not None:
+        lora, opt_state, restored = checkpoint.load(ckpt_path, lora, opt_state, targets, mcfg)
+        state.update(restored)
+        print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
+    lora, opt_state = replicate(lora, mesh), replicate(opt_state, mesh)
+    config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    logger = RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"] if ckpt_path else None)
+    progress = Progress(cfg.max_steps, state["step"])
+    adapter_cfg = lora_lib.adapter_config(cfg.lora.r, cfg.lora.alpha, targets, cfg.model)
+    fns = step_functions(mcfg, cfg, scale, optimizer, mesh)
+    schedule = lr_lambda(cfg)
+    base_key = jax.random.key(cfg.seed)
+    put = partial(put_batch, mesh=mesh)
+
+    def sample(prompts: list[Any], key: jax.Array, temperature: float) -> Any:
+        merged = fns["merge"](params, lora)  # LoRA folded into the weights: one matmul per projection
+        return generate(merged, mcfg, tokenizer, prompts, key, cfg.rollout.max_new_tokens, temperature,
+                        cfg.rollout.top_p, cfg.rollout.top_k, lm.eos_ids, put)
+
+    for step in range(state["step"] + 1, cfg.max_steps + 1):
+        t0 = time.perf_counter()
+        # 1. Prompts: the torch path's seeded per-epoch permutation and cursor.
+        examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
+        group = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent
+
+        # 2. Rollout: G completions per prompt from the current policy.
+        ro = sample([ex.prompt for ex in group], jax.random.fold_in(base_key, step), cfg.rollout.temperature)
+        t_gen = time.perf_counter()
+
+        # 3. Score: the task's rule-checked rewards; accuracy and format are separate metrics.
+        scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
+        rewards = np.array([total for total, _ in scores], np.float32)  # (N,)
+        correct = [task.is_correct(text, ex) for text, ex in zip(ro.texts, group)]
+        formatted = [task.is_formatted(text, ex) for text, ex in zip(ro.texts, group)]
+        t_score = time.perf_counter()
+
+        # 4. Advantages within each group; all-equal groups carry no signal (optionally weighted out).
+        advantages, zero_std = (np.asarray(x) for x in group_advantages(jnp.asarray(rewards), G,
+                                                                         scale=cfg.algo.scale_rewards))
+        keep = ~np.repeat(zero_std, G) if cfg.algo.drop_zero_std else np.ones(n_rows, bool)  # (N,)
+
+        # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches.
+        lrs = [cfg.lr * schedule(state["step"] * cfg.algo.mu + i) for i in range(cfg.algo.mu)]  # per optimizer step
+        lora, opt_state, stats = policy_update(fns, params, lora, opt_state, ro, advantages, keep, cfg, lrs,
+                                               n_dev, put)
+        t_end = time.perf_counter()
+
+        # 6. Log.
+        lengths = ro.completion_mask.sum(axis=1).astype(np.float32)
+        metrics = {
+            "reward": float(rewards.mean()), "reward_std": float(rewards.std(ddof=1)) if len(rewards) > 1 else 0.0,
+            **reward_means([parts for _, parts in scores]),
+            "accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
+            "completion_len": float(lengths.mean()), "completion_len_max": float(lengths.max()),
+            "truncated_rate": float(ro.truncated.mean()),
+            "reflection_rate": reflection_rate(ro.texts), "frac_zero_std": float(zero_std.mean()),
+            **stats, "lr": lrs[-1],
+            "tokens_per_s": float(lengths.sum()) / max(t_gen - t0, 1e-9),
+            "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
+            "update_time": t_end - t_score, "epoch": state["epoch"],
+        }
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            metrics.update({f"eval/{k}": v for k, v in evaluate(sample, task, cfg.eval_limit, n_dev).items()})
+        logger.log_metrics(step, metrics)
+        if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+            logger.log_completions(step, [
+                {"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts, "correct": ok}
+                for ex, text, (total, parts), ok in zip(group, ro.texts, scores, correct)])
+        if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
+            logger.log_completions(step, [probe_completion(sample, task, n_dev)])
+        progress.update(step, metrics)
+
+        # 7. Checkpoint (the state saved is the state *after* this step).
+        state["step"] = step
+        if step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+            checkpoint.save(run_dir, step, lora, opt_state, tokenizer, {k: state[k] for k in ("epoch", "cursor")},
+                            config_yaml, cfg.keep_last, adapter_cfg)
+    progress.close()
+    logger.close()
+    return run_dir
+
+
+def resolve_dtype(name: str) -> str:
+    """auto: bfloat16 on TPU/GPU (the MXU's and tensor cores' type), float32 on CPU."""
+    if name == "auto":
+        return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return name
+
+
+def build_optimizer(cfg: Config) -> Any:
+    """optax AdamW with the torch path's hyper-parameters; the learning rate is injected per step
+    (`lr_lambda` of aha/train.py sets it), and clipping by global norm comes first as in torch."""
+    import optax
+
+    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=cfg.lr, b1=cfg.adam_beta1, b2=cfg.adam_beta2,
+                                                  eps=1e-8, weight_decay=cfg.weight_decay)
+    clip = optax.clip_by_global_norm(cfg.max_grad_norm) if cfg.max_grad_norm else optax.identity()
+    return optax.chain(clip, adamw)
+
+
+def step_functions(mcfg: Any, cfg: Config, scale: float, optimizer: Any, mesh: Any) -> dict[str, Any]:
+    """The jitted pieces of a step. Everything from the config is closed over, so it is static.
+    Adapters, optimizer state and gradients stay replicated over `mesh` (sharding.py): left to
+    itself XLA may split them, and a new input sharding next step would mean a recompilation."""
+    import optax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    whole = NamedSharding(mesh, PartitionSpec())
+
+    from aha.jax.algo import policy_loss
+    from aha.jax.lora import merge
+    from aha.jax.logprobs import completion_logprobs
+
+    a = cfg.algo
+    temperature = cfg.rollout.temperature or 1.0  # log-probs of the distribution we sampled from
+
+    def logprobs(lora: Any, params: Any, mb: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        return completion_logprobs(params, mcfg, mb["ids"], mb["mask"], mb["cmask"].shape[1], temperature,
+                                   cfg.logprob_chunk, lora, scale, remat=cfg.gradient_checkpointing)
+
+    def loss_fn(lora: Any, params: Any, mb: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        logp, entropy = logprobs(lora, params, mb)  # (b, C)
+        old = mb["old"] if "old" in mb else jax.lax.stop_gradient(logp)  # mu = 1: ratio is 1, gradient flows
+        loss, st = policy_loss(logp, old, mb["adv"], mb["weights"], a.epsilon_low, a.epsilon_high, a.beta,
+                               mb.get("ref"))
+        return loss, {**st, "entropy_sum": (entropy * mb["cmask"]).sum()}
+
+    def apply(lora: Any, opt_state: Any, grads: Any, lr: jax.Array) -> tuple[Any, Any, jax.Array]:
+        opt_state[-1].hyperparams["learning_rate"] = lr
+        updates, opt_state = optimizer.update(grads, opt_state, lora)
+        return optax.apply_updates(lora, updates), opt_state, optax.global_norm(grads)
+
+    donate = () if jax.default_backend() == "cpu" else (0, 1)  # the CPU backend cannot reuse buffers
+    return {
+        "grad": jax.jit(jax.value_and_grad(loss_fn, has_aux=True), out_shardings=whole),
+        "logprobs": jax.jit(lambda lora, params, mb: logprobs(lora, params, mb)[0]),
+        "apply": jax.jit(apply, donate_argnums=donate, out_shardings=whole),
+        "add": jax.jit(lambda x, y: jax.tree.map(jnp.add, x, y), donate_argnums=donate[:1], out_shardings=whole),
+        "merge": jax.jit(lambda params, lora: merge(params, lora, scale)),
+    }
+
+
+def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, ro: Any, advantages: np.ndarray,
+                  keep: np.ndarray, cfg: Config, lrs: list[float], n_dev: int,
+                  put: Any) -> tuple[Any, Any, dict[str, float]]:
+    """mu optimizer steps (learning rates `lrs`) on the kept rows of a rollout.
+    Returns (adapters, optimizer state, metrics)."""
+    from aha.jax.algo import loss_weights
+
+    a = cfg.algo
+    nan = float("nan")
+    cmask = ro.completion_mask * keep[:, None]  # (N, C): dropped rows weigh nothing
+    n_seqs, n_tokens = int(keep.sum()), int(cmask.sum())
+    if n_seqs == 0:  # every group was dropped (all rewards equal): nothing to learn from
+        return lora, opt_state, {"loss": 0.0, "grad_norm": 0.0, "entropy": nan, "kl": nan, "clip_frac": 0.0,
+                                 "update_skipped": 1.0}
+    weights = np.asarray(loss_weights(jnp.asarray(cmask), a.loss_agg, n_seqs, n_tokens, cfg.rollout.max_new_tokens))
+    batches = micro_batches(ro, advantages, weights, cmask, cfg.micro_batch_tokens, n_dev)
+    batches = [{k: put(v) for k, v in mb.items()} for mb in batches]
+    if a.mu > 1:  # the ratio's denominator: the policy that sampled these rollouts
+        for mb in batches:
+            mb["old"] = fns["logprobs"](lora, params, mb)
+    if a.beta > 0:  # LoRA: the reference is the base model, i.e. no adapters
+        for mb in batches:
+            mb["ref"] = fns["logprobs"](None, params, mb)
+    for it in range(a.mu):
+        grads, totals = None, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy_sum": 0.0}
+        for mb in batches:
+            (loss, st), g = fns["grad"](lora, params, mb)
+            grads = g if grads is None else fns["add"](grads, g)
+            totals["loss"] += float(loss)
+            for k in ("kl", "clip_frac", "entropy_sum"):
+                totals[k] += float(st[k]) if k in st else 0.0
+        lora, opt_state, grad_norm = fns["apply"](lora, opt_state, grads, jnp.float32(lrs[it]))
+    entropy = totals.pop("entropy_sum") / max(n_tokens, 1)
+    return lora, opt_state, {**totals, "kl": totals["kl"] if a.beta > 0 else nan, "entropy": entropy,
+                             "grad_norm": float(grad_norm), "update_skipped": 0.0}
+
+
+def micro_batch_rows(n_rows: int, width: int, token_budget: int, n_dev: int) -> int:
+    """Rows per micro-batch: the most that fit `token_budget` padded tokens, a multiple of the device
+    count, dividing the batch evenly (fixed shapes). At least n_dev rows."""
+    best = n_dev
+    for m in range(n_dev, n_rows + 1, n_dev):
+        if n_rows % m == 0 and m * width <= token_budget:
+            best = m
+    return best
+
+
+def micro_batches(ro: Any, advantages: np.ndarray, weights: np.ndarray, cmask: np.ndarray, token_budget: int,
+                  n_dev: int) -> list[dict[str, np.ndarray]]:
+    """Fixed-size micro-batches of (prompt + completion) rows, the completion trimmed to a multiple of
+    COMPLETION_BUCKET covering the longest completion."""
+    longest = int(ro.completion_mask.sum(axis=1).max())
+    C = min(max(-(-longest // COMPLETION_BUCKET) * COMPLETION_BUCKET, 1), ro.completion_ids.shape[1])
+    ids = np.concatenate([ro.prompt_ids, ro.completion_ids[:, :C]], axis=1).astype(np.int32)  # (N, P + C)
+    mask = np.concatenate([ro.prompt_mask, ro.completion_mask[:, :C]], axis=1).astype(np.int32)
+    n = len(ids)
+    m = micro_batch_rows(n, ids.shape[1], token_budget, n_dev)
+    return [{"ids": ids[i:i + m], "mask": mask[i:i + m], "cmask": cmask[i:i + m, :C].astype(np.float32),
+             "adv": advantages[i:i + m].astype(np.float32), "weights": weights[i:i + m, :C]}
+            for i in range(0, n, m)]
+
+
+def _padded(prompts: list[Any], n_dev: int) -> list[Any]:
+    """Prompts repeated at the end up to a multiple of the device count (the batch is split by rows)."""
+    return prompts + [prompts[-1]] * (-len(prompts) % n_dev)
+
+
+def probe_completion(sample: Any, task: Any, n_dev: int) -> dict[str, Any]:
+    """A greedy completion of one fixed held-out prompt (as aha/train.py's)."""
+    ex = task.examples("test")[0]
+    text = sample(_padded([ex.prompt], n_dev), jax.random.key(0), 0.0).texts[0]
+    total, parts = task.score(text, ex)
+    return {"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts,
+            "correct": task.is_correct(text, ex), "probe": True}
+
+
+def evaluate(sample: Any, task: Any, limit: int, n_dev: int) -> dict[str, float]:
+    """Greedy pass@1 and the other `aha.eval.summarize` metrics on the first `limit` test examples."""
+    from aha.eval import summarize
+
+    examples = list(task.examples("test")[:limit])
+    ro = sample(_padded([ex.prompt for ex in examples], n_dev), jax.random.key(0), 0.0)
+    n = len(examples)
+    metrics, _ = summarize(task, examples, ro.texts[:n], ro.completion_mask.sum(axis=1)[:n].tolist(),
+                           ro.truncated[:n].tolist())
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
+    from aha.jax import checkpoint
+
+    if resume is not None:
+        path = checkpoint.latest(run_dir) if resume == "latest" else Path(resume)
+        checkpoint.verify(path)
+        return path
+    has_run = (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0
+    if not overwrite and (has_run or checkpoint.list_checkpoints(run_dir)):
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, pick another "
+                          f"output_dir=..., or pass --overwrite to replace it")
+    return None
+
