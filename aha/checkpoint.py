@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from aha.errors import CheckpointError
-
 from aha.model import unwrap
 
 STATE_FILE = "trainer_state.pt"
@@ -52,12 +51,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
          scheduler: Any, trainer_state: dict[str, Any], config_yaml: str, keep_last: int,
          rng_states: list[dict[str, Any]] | None = None) -> Path:
     """Write checkpoint `step`. `rng_states`: every rank's `rng_state()` in rank order (default: this process's)."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = begin(run_dir, step)
     if hasattr(model, "peft_config"):
         model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
     else:
@@ -66,7 +60,23 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
     (tmp / "config.yaml").write_text(config_yaml)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_states or [rng_state()], **trainer_state}, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True}))
+    return commit(run_dir, tmp, step, keep_last)
+
+
+def begin(run_dir: Path, step: int) -> Path:
+    """A fresh temporary directory to write checkpoint `step` into (then `commit` it)."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
+    """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
+    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
+    final = Path(run_dir) / "checkpoints" / f"step-{step}"
     if final.exists():  # re-saving a step after a resume: replace it whole
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -93,19 +103,27 @@ def latest(run_dir: Path) -> Path:
 def verify(path: Path) -> dict[str, Any]:
     """The checkpoint's meta, or a CheckpointError saying what is wrong with it."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise CheckpointError(f"checkpoint {path} is incomplete (no valid {META_FILE}); it was not fully written. "
-                              "Resume from an earlier one with --resume PATH") from None
+    meta = read_meta(path)
+    if meta.get("backend", "torch") != "torch":
+        raise CheckpointError(f"checkpoint {path} was written by the {meta['backend']} backend; resume it with "
+                              f"backend={meta['backend']} (`aha eval --checkpoint` can still load its adapter)")
     weights = [f for f in (ADAPTER_FILE, MODEL_FILE) if (path / f).exists()]
     missing = [f for f in (STATE_FILE, "config.yaml") if not (path / f).exists()]
     if missing or not weights:
         raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing) or 'its weights'}; "
                               "resume from an earlier one with --resume PATH")
     return meta
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """meta.json of a checkpoint directory, or a CheckpointError if the directory is not a whole checkpoint."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return json.loads((path / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise CheckpointError(f"checkpoint {path} is incomplete (no valid {META_FILE}); it was not fully written. "
+                              "Resume from an earlier one with --resume PATH") from None
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

@@ -38,7 +38,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {d.world} processes "
                           f"(a group never spans ranks); make it a multiple of --nproc-per-node")
     run_dir = Path(cfg.output_dir)
-    ckpt_path = _checkpoint_to_resume(run_dir, resume, overwrite)
+    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -322,10 +322,13 @@ def lr_lambda(cfg: Config):
     return f
 
 
-def _checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
+def checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool,
+                         verify: Any = checkpoint.verify) -> Path | None:
+    """The checkpoint to resume from (checked by `verify`, the backend's own), or None for a fresh
+    run - refused when the run directory already holds one and `overwrite` is not set."""
     if resume is not None:
         path = checkpoint.latest(run_dir) if resume == "latest" else Path(resume)
-        checkpoint.verify(path)
+        verify(path)
         return path
     has_run = (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0
     if not overwrite and (has_run or checkpoint.list_checkpoints(run_dir)):

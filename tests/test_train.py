@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +165,16 @@ def test_corrupt_and_partial_checkpoints_are_refused(tmp_path: Path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     # nothing that was on disk was lost
     assert (out / "checkpoints/step-1/meta.json").exists() and len(read_jsonl(out / "metrics.jsonl")) == 2
+
+
+def test_torch_resume_refuses_a_jax_checkpoint(tmp_path):
+    from aha import checkpoint
+    from aha.errors import CheckpointError
+
+    ckpt = tmp_path / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    for f in ("adapter_model.safetensors", "trainer_state.pt", "config.yaml"):
+        (ckpt / f).write_bytes(b"x")
+    (ckpt / "meta.json").write_text('{"step": 2, "complete": true, "backend": "jax"}')
+    with pytest.raises(CheckpointError, match="backend=jax"):
+        checkpoint.verify(ckpt)

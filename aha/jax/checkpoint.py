@@ -13,15 +13,21 @@ uninterrupted one would have.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from aha.checkpoint import ADAPTER_FILE, META_FILE, latest, list_checkpoints
+from aha.checkpoint import (
+    ADAPTER_FILE,
+    META_FILE,
+    begin,
+    commit,
+    latest,
+    list_checkpoints,
+    read_meta,
+)
 from aha.errors import CheckpointError
 from aha.jax import lora as lora_lib
 
@@ -29,19 +35,14 @@ OPT_FILE = "optimizer.npz"
 STATE_FILE = "jax_state.json"
 ADAPTER_CONFIG = "adapter_config.json"
 
-__all__ = ["save", "load", "verify", "latest", "list_checkpoints"]
+__all__ = ["latest", "list_checkpoints", "load", "save", "verify"]
 
 
 def save(run_dir: Path, step: int, lora: Any, opt_state: Any, tokenizer: Any, trainer_state: dict[str, Any],
          config_yaml: str, keep_last: int, adapter_config: dict[str, Any]) -> Path:
     from safetensors.numpy import save_file
 
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = begin(run_dir, step)
     save_file(lora_lib.to_peft(jax.device_get(lora)), str(tmp / ADAPTER_FILE))
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
     tokenizer.save_pretrained(tmp)
@@ -49,25 +50,13 @@ def save(run_dir: Path, step: int, lora: Any, opt_state: Any, tokenizer: Any, tr
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(opt_state))]
     np.savez(tmp / OPT_FILE, *leaves)
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}))
-    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, "backend": "jax"}))
-    if final.exists():  # re-saving a step after a resume: replace it whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return commit(run_dir, tmp, step, keep_last, backend="jax")
 
 
 def verify(path: Path) -> dict[str, Any]:
     """The checkpoint's meta, or a CheckpointError saying what is wrong with it."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise CheckpointError(f"checkpoint {path} is incomplete (no valid {META_FILE}); it was not fully written. "
-                              "Resume from an earlier one with --resume PATH") from None
+    meta = read_meta(path)
     if meta.get("backend") != "jax":
         raise CheckpointError(f"checkpoint {path} was written by the torch backend; resume it with backend=torch "
                               "(its adapter can still be evaluated with `aha eval --checkpoint`)")

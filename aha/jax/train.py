@@ -46,10 +46,10 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     from aha.jax.sampler import generate
     from aha.jax.sharding import make_mesh, put_batch, replicate, shard_params
     from aha.jax.weights import load_model
-    from aha.train import Progress, lr_lambda, next_indices
+    from aha.train import Progress, checkpoint_to_resume, lr_lambda, next_indices
 
     run_dir = Path(cfg.output_dir)
-    ckpt_path = _checkpoint_to_resume(run_dir, resume, overwrite)
+    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify)
     random.seed(cfg.seed)
     mesh = make_mesh()
     n_dev = mesh.devices.size
@@ -302,18 +302,3 @@ def evaluate(sample: Any, task: Any, limit: int, n_dev: int) -> dict[str, float]
     metrics, _ = summarize(task, examples, ro.texts[:n], ro.completion_mask.sum(axis=1)[:n].tolist(),
                            ro.truncated[:n].tolist())
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def _checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
-    from aha.jax import checkpoint
-
-    if resume is not None:
-        path = checkpoint.latest(run_dir) if resume == "latest" else Path(resume)
-        checkpoint.verify(path)
-        return path
-    has_run = (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0
-    if not overwrite and (has_run or checkpoint.list_checkpoints(run_dir)):
-        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, pick another "
-                          f"output_dir=..., or pass --overwrite to replace it")
-    return None
-
