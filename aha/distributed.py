@@ -123,7 +123,8 @@ def wrap(model: nn.Module, fn: Callable[..., Any], d: Dist) -> nn.Module:
     device_ids = [d.local_rank] if next(model.parameters()).is_cuda else None
     # Parameters that get no gradient (frozen base weights) are skipped by DDP on its own;
     # `find_unused_parameters` stays off, as every trainable parameter is used in every forward.
-    return nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+    # Buffers (rotary frequencies) are equal on every rank and never change: no need to re-send them.
+    return nn.parallel.DistributedDataParallel(net, device_ids=device_ids, broadcast_buffers=False)
 
 
 def no_sync(net: nn.Module, sync: bool):

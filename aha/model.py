@@ -192,7 +192,18 @@ def load_base(name: str, dtype: torch.dtype, quantize_4bit: bool = False, seed: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name.startswith("random:"):
-        return random_model(name.split(":", 1)[1], dtype, seed)
+        model, tokenizer = random_model(name.split(":", 1)[1], dtype, seed)
+        if not quantize_4bit:
+            return model, tokenizer
+        # bitsandbytes quantizes while loading, so a random model takes the hub path through a saved copy.
+        import tempfile
+
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="random-") as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            del model
+            return load_base(tmp, dtype, quantize_4bit=True)
     if name == "smollm2-135m":
         name = str(_smollm2_dir())
     path = Path(name).expanduser()

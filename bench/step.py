@@ -6,7 +6,7 @@ configured to match).
         --json bench/results/step-cpu.json
     python bench/step.py -c cpu-demo rollout.engine=native prompts_per_step=1 rollout.num_generations=4 \
         --scaling 128,256,512,1024 --steps 1 --threads 1 --json bench/results/step-cpu-scaling.json
-    python bench/step.py -c rtx4090 model=random:qwen2.5-3b finetune=lora task=arith --vs-trl \
+    python bench/step.py -c rtx5090 model=random:qwen2.5-3b task=arith --vs-trl \
         --json bench/results/step-gpu.json        # CUDA: bf16, gradient checkpointing as the preset says
 
 aha's step is the training loop's own pieces (`aha.rollout.generate`, `Task.score`, `group_advantages`,
@@ -235,11 +235,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)  # validates the overrides before anything runs
-    if cfg.finetune == "qlora" and cfg.model.startswith("random:"):
-        # aha.model.load_base builds random:<arch> unquantized and load_policy leaves a qlora model where
-        # it was loaded (the CPU): the figures would be for neither QLoRA nor the GPU.
-        raise SystemExit("bench/step.py: finetune=qlora with a random:<arch> model is not quantized by "
-                         "aha.model yet; use finetune=lora, or a real checkpoint for QLoRA figures")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.side:

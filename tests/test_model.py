@@ -1,4 +1,5 @@
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,26 @@ def test_plain_copy_of_the_gguf_model_has_identical_logits():
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(gguf(ids).logits, plain(ids).logits)
+
+
+def test_random_model_with_qlora_is_quantized_while_loading(monkeypatch, tmp_path):
+    """random:<arch> + finetune=qlora goes through from_pretrained with a 4-bit config, like a hub
+    model (bitsandbytes quantizes while loading), from a saved copy of the random weights."""
+    import transformers
+
+    seen = {}
+
+    def fake_from_pretrained(name, **kwargs):
+        seen["files"] = sorted(p.name for p in Path(name).iterdir())
+        seen["kwargs"] = kwargs
+        return "quantized-model"
+
+    monkeypatch.setenv("AHA_CACHE", str(tmp_path))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    model, tok = load_base("random:tiny-qwen2", torch.float32, quantize_4bit=True)
+    assert model == "quantized-model" and tok.eos_token == "<|endoftext|>"
+    assert "config.json" in seen["files"] and "model.safetensors" in seen["files"]
+    q = seen["kwargs"]["quantization_config"]
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
+    assert list(tmp_path.iterdir()) == []  # the temporary copy is gone
