@@ -83,3 +83,26 @@ def test_8bit_optimizer_on_cpu_tensors_needs_cuda(monkeypatch):
     with pytest.raises(ConfigError, match="CUDA GPU.*optimizer=adamw") as err:
         build_optimizer(load_config(None, ["optimizer=adamw8bit"]), _params())
     assert "pip install" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_bench_backends_times_torch_and_jax_on_one_config(tmp_path: Path):
+    out = tmp_path / "backends.json"
+    cmd = [sys.executable, "bench/backends.py", "-c", "smoke", "device=cpu", "rollout.max_new_tokens=8",
+           "--warmup", "1", "--steps", "2", "--json", str(out)]
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for side in ("torch", "jax"):
+        s = result[side]
+        assert len(s["step_times"]) == 2  # the warmup step is left out
+        assert s["gen_time"] > 0 and s["update_time"] > 0 and s["step_time"] >= s["gen_time"]
+        assert 0 < s["completion_len"] <= 8
+    assert result["jax_speedup"]["step"] == pytest.approx(result["torch"]["step_time"] / result["jax"]["step_time"])
+    assert "jax vs torch" in r.stdout
+
+
+def test_bench_backends_refuses_a_config_the_jax_backend_cannot_run():
+    r = subprocess.run([sys.executable, "bench/backends.py", "-c", "cpu-demo"], check=False, capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    assert r.returncode != 0 and "last_layers" in r.stderr
