@@ -98,3 +98,11 @@ def test_shard_gives_each_rank_whole_contiguous_prompts():
     shares = [distributed.shard(items, distributed.Dist(rank=r, world=3)) for r in range(3)]
     assert shares == [[0, 1], [2, 3], [4, 5]]
     assert distributed.shard(items, distributed.Dist()) == items
+
+
+def test_jax_backend_under_torchrun_is_refused(monkeypatch, capsys):
+    from aha.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "-c", "smoke", "backend=jax"]) == 2
+    assert "without torchrun" in capsys.readouterr().err
