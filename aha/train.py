@@ -258,14 +258,14 @@ def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor,
     prompt: the update runs a prompt once for all of its G completions (logprobs.batch_logprobs).
     The budget counts what that forward holds: U * P prompt tokens + b * C completion tokens.
     """
-    p_len = ro.prompt_mask.sum(dim=1)  # (N,)
-    c_len = ro.completion_mask.sum(dim=1)  # (N,)
+    p_len = ro.prompt_mask.sum(dim=1).tolist()  # (N,) host lists: packing is bookkeeping, not tensor work
+    c_len = ro.completion_mask.sum(dim=1).tolist()
     # Rows with identical (padded) prompt ids share a prompt: the G rows of a group.
-    _, prompt_of = torch.unique(ro.prompt_ids, dim=0, return_inverse=True)  # (N,)
+    prompt_of = torch.unique(ro.prompt_ids, dim=0, return_inverse=True)[1].tolist()  # (N,) row -> prompt
 
     def cost(g: list[int]) -> int:
-        prompts = {int(prompt_of[r]) for r in g}
-        return len(prompts) * int(p_len[g].max()) + len(g) * int(c_len[g].max())
+        prompts = {prompt_of[r] for r in g}
+        return len(prompts) * max(p_len[r] for r in g) + len(g) * max(c_len[r] for r in g)
 
     packs: list[list[int]] = [[]]
     for r in rows.tolist():
@@ -279,11 +279,11 @@ def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor,
         idx = torch.tensor(g)
         first_row: dict[int, int] = {}  # prompt -> the first row that has it, in order of appearance
         for r in g:
-            first_row.setdefault(int(prompt_of[r]), r)
+            first_row.setdefault(prompt_of[r], r)
         order = {p: i for i, p in enumerate(first_row)}
-        group = torch.tensor([order[int(prompt_of[r])] for r in g])  # (b,) row -> its prompt's index
+        group = torch.tensor([order[prompt_of[r]] for r in g])  # (b,) row -> its prompt's index
         reps = torch.tensor(list(first_row.values()))  # (U,)
-        pw, cw = int(p_len[idx].max()), max(int(c_len[idx].max()), 1)
+        pw, cw = max(p_len[r] for r in g), max(max(c_len[r] for r in g), 1)
         out.append({"prompt_ids": ro.prompt_ids[reps, P - pw:], "prompt_mask": ro.prompt_mask[reps, P - pw:],
                     "group": group.to(ro.prompt_ids.device), "cids": ro.completion_ids[idx, :cw],
                     "cmask": ro.completion_mask[idx, :cw], "adv": advantages[idx].to(ro.prompt_ids.device)})

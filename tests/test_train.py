@@ -178,3 +178,27 @@ def test_torch_resume_refuses_a_jax_checkpoint(tmp_path):
     (ckpt / "meta.json").write_text('{"step": 2, "complete": true, "backend": "jax"}')
     with pytest.raises(CheckpointError, match="backend=jax"):
         checkpoint.verify(ckpt)
+
+
+def test_micro_batches_hold_each_prompt_once_and_keep_the_gradient():
+    """2 prompts x G=4: a micro-batch carries each distinct prompt once, `group` maps rows to them,
+    and the update's gradient is the same whether a pack holds both groups or the rows are split."""
+    torch.manual_seed(0)
+    pol = load_policy("random:tiny-qwen2", device="cpu", seed=0)
+    prompts = [p for p in ("short prompt", "a somewhat longer prompt here") for _ in range(4)]
+    ro = generate(pol.model, pol.tokenizer, prompts, SamplingParams(max_new_tokens=6, temperature=1.5))
+    adv = torch.linspace(-1, 1, 8)
+    (mb,) = micro_batches(ro, torch.arange(8), adv, 10_000)
+    assert mb["prompt_ids"].shape[0] == 2 and mb["group"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert torch.equal(mb["cids"], ro.completion_ids[:, :mb["cids"].shape[1]])
+    small = micro_batches(ro, torch.arange(8), adv, 40)
+    assert len(small) > 2 and all(m["prompt_ids"].shape[0] <= 2 for m in small)
+    grads = []
+    for budget in (10_000, 40):
+        cfg = load_config("smoke", [f"micro_batch_tokens={budget}", "max_grad_norm=0", "lr=0"])
+        opt = torch.optim.SGD([p for p in pol.model.parameters() if p.requires_grad], lr=0.0)
+        policy_update(pol.model, ro, adv, torch.arange(8), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1),
+                      cfg)
+        grads.append([p.grad.clone() for p in pol.model.parameters() if p.requires_grad])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
