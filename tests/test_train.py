@@ -202,3 +202,10 @@ def test_micro_batches_hold_each_prompt_once_and_keep_the_gradient():
         grads.append([p.grad.clone() for p in pol.model.parameters() if p.requires_grad])
     assert any(g.abs().sum() > 0 for g in grads[0])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_full_finetuning_on_half_precision_weights_warns(tmp_path, capsys):
+    cfg = load_config("smoke", ["finetune=full", "dtype=bfloat16", "max_steps=1", "save_every=0", "probe_every=0",
+                                f"output_dir={tmp_path}", "tensorboard=false"])
+    train(cfg)
+    assert "updates below their precision are lost" in capsys.readouterr().err
