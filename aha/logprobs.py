@@ -10,7 +10,8 @@ prompt, so the prompt goes through the decoder once per group (keys and values k
 completions attend to it, instead of G copies of the prompt each paying forward and backward. The
 gradient through the shared keys and values is the sum over the G rows, so the result is the same
 as the per-row computation (tested). It needs the KV cache inside the differentiable forward, which
-transformers turns off under gradient checkpointing; `batch_logprobs` then uses the per-row path.
+transformers turns off under gradient checkpointing; `batch_logprobs` then uses the per-row path
+for the passes that need a backward (the no-grad reference / old-policy passes still share).
 """
 
 from __future__ import annotations
@@ -103,13 +104,25 @@ def shared_prompt_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, pro
 
 def batch_logprobs(model: torch.nn.Module, mb: dict[str, torch.Tensor], temperature: float = 1.0,
                    chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of a micro-batch from `train.micro_batches`: the shared-prompt path when the model
-    can keep a KV cache in its training forward, the per-row path otherwise."""
+    """Log-probs of a micro-batch from `train.micro_batches`: the shared-prompt path unless the
+    model is gradient-checkpointed and gradients are wanted, then the per-row path."""
     base = unwrap(model)
     checkpointed = base.training and any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
-    if not checkpointed:
+
+    def shared() -> tuple[torch.Tensor, torch.Tensor]:
         return shared_prompt_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["group"], mb["cids"],
                                       mb["cmask"], temperature, chunk)
+
+    if not checkpointed:
+        return shared()
+    if not torch.is_grad_enabled():
+        # No backward, so nothing to checkpoint: transformers checkpoints (and drops the cache) only
+        # in training mode, so the reference / old-policy passes run in eval mode on the shared path.
+        base.eval()
+        try:
+            return shared()
+        finally:
+            base.train()
     ids = torch.cat([mb["prompt_ids"][mb["group"]], mb["cids"]], dim=1)
     mask = torch.cat([mb["prompt_mask"][mb["group"]], mb["cmask"]], dim=1)
     return completion_logprobs(model, ids, mask, mb["cids"].shape[1], temperature, chunk)

@@ -122,3 +122,25 @@ def test_batch_logprobs_falls_back_to_per_row_under_gradient_checkpointing():
         shared, _ = batch_logprobs(pol.model, mb)  # eval mode: no checkpointing, shared path
     real = cmask.bool()
     assert torch.allclose(lp.detach()[real], shared[real], atol=1e-5)
+
+
+def test_no_grad_passes_of_a_checkpointed_model_use_the_shared_path(monkeypatch):
+    """The reference / old-policy passes need no backward: they take the shared path (in eval mode,
+    where transformers keeps the cache), give the per-row numbers, and leave the model training."""
+    import aha.logprobs as lp_mod
+
+    pol = load_policy("random:tiny-qwen2", finetune="lora", device="cpu", gradient_checkpointing=True, seed=6)
+    prompts, pmask, group, comps, cmask = _shared_batch(pol.model.config.vocab_size)
+    mb = {"prompt_ids": prompts, "prompt_mask": pmask, "group": group, "cids": comps, "cmask": cmask}
+    calls = []
+    real_shared = lp_mod.shared_prompt_logprobs
+    monkeypatch.setattr(lp_mod, "shared_prompt_logprobs", lambda *a, **k: calls.append(1) or real_shared(*a, **k))
+    pol.model.train()
+    with torch.no_grad():
+        shared, _ = batch_logprobs(pol.model, mb)
+    assert calls and pol.model.training
+    ids, mask = torch.cat([prompts[group], comps], 1), torch.cat([pmask[group], cmask], 1)
+    with torch.no_grad():
+        ref, _ = completion_logprobs(pol.model, ids, mask, comps.shape[1])
+    real = cmask.bool()
+    assert torch.allclose(shared[real], ref[real], atol=1e-5)
