@@ -45,6 +45,11 @@ def setup(device: str = "auto") -> tuple[Dist, str]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(), device
+    if "RANK" not in os.environ:
+        from aha.errors import ConfigError
+
+        raise ConfigError(f"WORLD_SIZE={world} is set but RANK is not: start multi-process runs with torchrun "
+                          "(README, 'More than one GPU'), or unset WORLD_SIZE for one process")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda")
     if use_cuda:

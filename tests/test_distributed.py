@@ -106,3 +106,12 @@ def test_jax_backend_under_torchrun_is_refused(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "-c", "smoke", "backend=jax"]) == 2
     assert "without torchrun" in capsys.readouterr().err
+
+
+def test_world_size_without_torchrun_is_a_clear_error(monkeypatch):
+    from aha.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ConfigError, match="torchrun"):
+        distributed.setup("cpu")
