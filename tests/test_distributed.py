@@ -115,3 +115,23 @@ def test_world_size_without_torchrun_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(ConfigError, match="torchrun"):
         distributed.setup("cpu")
+
+
+def test_checkpoint_keeps_each_ranks_rng_and_warns_on_another_world_size(tmp_path):
+    from aha import checkpoint
+    from aha.model import load_policy
+
+    pol = load_policy("random:tiny-qwen2", "lora", device="cpu")
+    opt = torch.optim.AdamW([p for p in pol.model.parameters() if p.requires_grad])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+    torch.manual_seed(1)
+    rank0 = checkpoint.rng_state()
+    torch.manual_seed(2)
+    rank1 = checkpoint.rng_state()
+    path = checkpoint.save(tmp_path, 3, pol.model, pol.tokenizer, opt, sched, {"epoch": 0, "cursor": 6}, "{}", 2,
+                           rng_states=[rank0, rank1])
+    torch.manual_seed(99)
+    state = checkpoint.load(path, pol.model, opt, sched, rank=1, world=2)
+    assert torch.equal(torch.get_rng_state(), rank1["torch"]) and state["cursor"] == 6
+    with pytest.warns(UserWarning, match="not bit-exact"):
+        checkpoint.load(path, pol.model, opt, sched, rank=0, world=1)
