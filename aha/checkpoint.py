@@ -2,8 +2,8 @@
 
 A checkpoint `checkpoints/step-N/` holds the weights (the LoRA adapter, or the full model), the
 tokenizer, `config.yaml`, and `trainer_state.pt` (optimizer, scheduler, every RNG - of every
-rank under torchrun - the data cursor, the step). It is written into a temporary directory and renamed into place, and
-`meta.json` is its last file: a directory without it is not a checkpoint. Restoring all of that
+rank under torchrun - the data cursor, the step). It is written into a temporary directory and
+renamed into place, and `meta.json` is its last file: a directory without it is not a checkpoint. Restoring all of that
 makes "3 steps, resume, 3 steps" identical to "6 steps".
 """
 

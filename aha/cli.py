@@ -47,10 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset, why = pick_preset()
         print(f"aha: no -c given; using preset {preset!r} because {why}", file=sys.stderr)
     cfg = load_config(preset, args.overrides)
-    if cfg.backend == "jax" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise AhaError("backend=jax shards over every device of the machine itself (jax.sharding); "
-                       "run it as one process, without torchrun")
     if cfg.backend == "jax":  # imported only when asked for: torch-only installs never import jax
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise AhaError("backend=jax shards over every device of the machine itself (jax.sharding); "
+                           "run it as one process, without torchrun")
         if importlib.util.find_spec("jax") is None or importlib.util.find_spec("optax") is None:
             raise AhaError("backend=jax needs jax and optax: pip install -e '.[jax]' (on a TPU VM: "
                            "pip install 'jax[tpu]' too; see docs/tpu.md)")

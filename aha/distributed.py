@@ -88,12 +88,6 @@ def all_sum(values: list[float], d: Dist) -> list[float]:
     return t.tolist()
 
 
-def all_max(value: float, d: Dist) -> float:
-    if not d.active:
-        return value
-    return max(gather(value, d))
-
-
 def gather(obj: Any, d: Dist) -> list[Any]:
     """Every rank's `obj` (any picklable value), in rank order, on every rank."""
     if not d.active:

@@ -109,11 +109,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         t_end = time.perf_counter()
 
         # 6. Log: rank 0 gathers every rank's rows and computes what a 1-process run would.
-        rows_out = [{"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts,
-                     "correct": task.is_correct(text, ex), "formatted": task.is_formatted(text, ex),
-                     "length": int(n), "truncated": bool(tr)}
-                    for ex, text, (total, parts), n, tr in zip(group, ro.texts, scores,
-                                                               ro.completion_mask.sum(dim=1), ro.truncated)]
+        rows_out = completion_rows(task, group, ro.texts, scores, ro.completion_mask.sum(dim=1), ro.truncated)
         rows_out = [r for rank_rows in distributed.gather(rows_out, d) for r in rank_rows]
         n_zero = distributed.all_sum([zero_std.float().sum().item()], d)[0]
         if d.main:
@@ -132,8 +128,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                 metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
             logger.log_metrics(step, metrics)
             if cfg.log_completions_every and step % cfg.log_completions_every == 0:
-                logger.log_completions(step, [{k: r[k] for k in ("prompt_id", "completion", "reward", "rewards",
-                                                                 "correct")} for r in rows_out])
+                logger.log_completions(step, logged(rows_out))
             if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
                 logger.log_completions(step, [probe_completion(model, tokenizer, task, cfg)])
             progress.update(step, metrics)
@@ -145,6 +140,20 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         logger.close()
     distributed.shutdown(d)
     return run_dir
+
+
+def completion_rows(task: Any, group: list[Any], texts: list[str], scores: list[tuple[float, dict[str, float]]],
+                    lengths: Any, truncated: Any) -> list[dict[str, Any]]:
+    """One record per completion: what a step's metrics and completions.jsonl are made of."""
+    return [{"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts,
+             "correct": task.is_correct(text, ex), "formatted": task.is_formatted(text, ex),
+             "length": int(n), "truncated": bool(tr)}
+            for ex, text, (total, parts), n, tr in zip(group, texts, scores, lengths, truncated)]
+
+
+def logged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fields of `completion_rows` that completions.jsonl keeps."""
+    return [{k: r[k] for k in ("prompt_id", "completion", "reward", "rewards", "correct")} for r in rows]
 
 
 def rollout_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:

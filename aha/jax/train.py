@@ -3,7 +3,8 @@
 order, writing the same metrics.jsonl / completions.jsonl (so `aha report` reads a JAX run).
 
 Reused from the torch path: config, tasks and rewards, the prompt order (`next_indices`), the
-learning-rate schedule (`lr_lambda`), `RunLogger`, the progress line, eval's `summarize`. JAX here:
+learning-rate schedule (`lr_lambda`), the per-completion records and step metrics
+(`completion_rows`, `rollout_metrics`), `RunLogger`, the progress line, eval's `summarize`. JAX here:
 the sampler, the loss and its gradient, the optax update, the sharding.
 
 Where it departs from aha/train.py, and why (all for XLA's fixed shapes: a new shape is a new
@@ -30,8 +31,8 @@ import numpy as np
 import yaml
 
 from aha.config import Config, ConfigError
-from aha.log import RunLogger, reflection_rate
-from aha.tasks import get_task, reward_means
+from aha.log import RunLogger
+from aha.tasks import get_task
 
 COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
 
@@ -46,7 +47,8 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     from aha.jax.sampler import generate
     from aha.jax.sharding import make_mesh, put_batch, replicate, shard_params
     from aha.jax.weights import load_model
-    from aha.train import Progress, checkpoint_to_resume, lr_lambda, next_indices
+    from aha.train import (Progress, checkpoint_to_resume, completion_rows, logged, lr_lambda, next_indices,
+                           rollout_metrics)
 
     run_dir = Path(cfg.output_dir)
     ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify)
@@ -103,11 +105,9 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         ro = sample([ex.prompt for ex in group], jax.random.fold_in(base_key, step), cfg.rollout.temperature)
         t_gen = time.perf_counter()
 
-        # 3. Score: the task's rule-checked rewards; accuracy and format are separate metrics.
+        # 3. Score: the task's rule-checked rewards.
         scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
         rewards = np.array([total for total, _ in scores], np.float32)  # (N,)
-        correct = [task.is_correct(text, ex) for text, ex in zip(ro.texts, group)]
-        formatted = [task.is_formatted(text, ex) for text, ex in zip(ro.texts, group)]
         t_score = time.perf_counter()
 
         # 4. Advantages within each group; all-equal groups carry no signal (optionally weighted out).
@@ -121,17 +121,12 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                                                n_dev, put)
         t_end = time.perf_counter()
 
-        # 6. Log.
-        lengths = ro.completion_mask.sum(axis=1).astype(np.float32)
+        # 6. Log: the torch loop's records and metrics (accuracy and format are separate metrics).
+        rows_out = completion_rows(task, group, ro.texts, scores, ro.completion_mask.sum(axis=1), ro.truncated)
         metrics = {
-            "reward": float(rewards.mean()), "reward_std": float(rewards.std(ddof=1)) if len(rewards) > 1 else 0.0,
-            **reward_means([parts for _, parts in scores]),
-            "accuracy": sum(correct) / len(correct), "format_rate": sum(formatted) / len(formatted),
-            "completion_len": float(lengths.mean()), "completion_len_max": float(lengths.max()),
-            "truncated_rate": float(ro.truncated.mean()),
-            "reflection_rate": reflection_rate(ro.texts), "frac_zero_std": float(zero_std.mean()),
+            **rollout_metrics(rows_out), "frac_zero_std": float(zero_std.mean()),
             **stats, "lr": lrs[-1],
-            "tokens_per_s": float(lengths.sum()) / max(t_gen - t0, 1e-9),
+            "tokens_per_s": sum(r["length"] for r in rows_out) / max(t_gen - t0, 1e-9),
             "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
             "update_time": t_end - t_score, "epoch": state["epoch"],
         }
@@ -139,9 +134,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             metrics.update({f"eval/{k}": v for k, v in evaluate(sample, task, cfg.eval_limit, n_dev).items()})
         logger.log_metrics(step, metrics)
         if cfg.log_completions_every and step % cfg.log_completions_every == 0:
-            logger.log_completions(step, [
-                {"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts, "correct": ok}
-                for ex, text, (total, parts), ok in zip(group, ro.texts, scores, correct)])
+            logger.log_completions(step, logged(rows_out))
         if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
             logger.log_completions(step, [probe_completion(sample, task, n_dev)])
         progress.update(step, metrics)
