@@ -104,7 +104,8 @@ class Config:
     # --- logging, eval, checkpoints ---
     log_completions_every: int = 1  # write completions.jsonl every N steps (0 = never)
     probe_every: int = 10  # greedy completion of one fixed test prompt every N steps (0 = never)
-    eval_every: int = 0  # 0 = never
+    eval_every: int = 0  # 0 = never; else also at step 0 (the untrained policy) and the last step
+    warn_no_signal_steps: int = 5  # warn once this many steps in a row carry no signal (0 = never)
     eval_limit: int = 50  # held-out examples per periodic eval
     save_every: int = 50  # 0 = only at the end
     keep_last: int = 3  # checkpoints kept on disk
@@ -260,7 +261,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r} must be >= 1, got {_get(cfg, key)}")
     non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
                     "algo.epsilon_high", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
-                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every",
+                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
                     "lora.last_layers"]
     for key in non_negative:
         if _get(cfg, key) < 0:

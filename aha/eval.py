@@ -75,6 +75,7 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
     """Metrics and per-completion rows from `samples` completions per example (adjacent in `texts`)."""
     n, K = len(examples), samples
     correct = [bool(task.is_correct(t, examples[i // K])) for i, t in enumerate(texts)]
+    lenient = [bool(task.is_correct_lenient(t, examples[i // K])) for i, t in enumerate(texts)]
     formatted = [bool(task.is_formatted(t, examples[i // K])) for i, t in enumerate(texts)]
     total = max(len(texts), 1)
     from aha.log import reflection_rate
@@ -82,6 +83,7 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
     metrics: dict[str, Any] = {
         "n": n,
         "accuracy": sum(correct) / total,
+        "accuracy_lenient": sum(lenient) / total,
         "format_rate": sum(formatted) / total,
         "completion_len": sum(lengths) / total,
         "reflection_rate": reflection_rate(list(texts)),
@@ -96,8 +98,9 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
             winner = majority_index(texts[i * K:(i + 1) * K])
             maj += winner is not None and correct[i * K + winner]
         metrics[f"maj@{K}"] = maj / max(n, 1)
-    rows = [{"id": examples[i // K].id, "sample": i % K, "completion": t, "correct": c, "formatted": f}
-            for i, (t, c, f) in enumerate(zip(texts, correct, formatted))]
+    rows = [{"id": examples[i // K].id, "sample": i % K, "completion": t, "correct": c, "correct_lenient": le,
+             "formatted": f, "length": int(n)}
+            for i, (t, c, le, f, n) in enumerate(zip(texts, correct, lenient, formatted, lengths))]
     return metrics, rows
 
 

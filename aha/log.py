@@ -52,7 +52,8 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.completions_path = self.run_dir / "completions.jsonl"
-        for path in (self.metrics_path, self.completions_path):
+        self.eval_path = self.run_dir / "eval_completions.jsonl"  # held-out evals' completions
+        for path in (self.metrics_path, self.completions_path, self.eval_path):
             if resume_step is None:
                 path.write_text("")
             elif path.exists():
@@ -78,6 +79,11 @@ class RunLogger:
 
     def log_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
         with self.completions_path.open("a") as f:
+            for r in rows:
+                f.write(json.dumps({"step": step, **r}) + "\n")
+
+    def log_eval_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        with self.eval_path.open("a") as f:
             for r in rows:
                 f.write(json.dumps({"step": step, **r}) + "\n")
 

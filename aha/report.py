@@ -3,6 +3,11 @@
 Reads `metrics.jsonl` (one row per step) and `completions.jsonl`, writes PNG plots (matplotlib,
 Agg backend: no display needed) and `report.md`, which embeds them by relative path and holds:
 
+- first, the result: held-out accuracy of the untrained policy (the step-0 eval) against the
+  trained one (the last eval), same problems and greedy decoding, under the strict grader (the
+  answer in the required format: what the rewards pay for) and the lenient one (the last number
+  written), so a gain from format alone is told apart from better answers;
+- length and reflection-phrase rate of correct vs incorrect completions;
 - the "aha" steps: the first step where the *smoothed* format rate, accuracy and reflection-phrase
   rate reach their thresholds (defaults 0.5, 0.2, 0.1; flags change them), or "not reached" with
   the best value. Smoothing is a trailing moving average, so a crossing never peeks at later steps;
@@ -179,13 +184,16 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
         _plot(ax, series(rows, key), window, f"{key} (train)", color)
         ev = series(rows, f"eval/{key}")
         if ev[0]:
-            ax.plot(ev[0], ev[1], "o" if key == "accuracy" else "s", color=color, markersize=5,
-                    label=f"{key} (eval)")
+            ax.plot(ev[0], ev[1], "o-" if key == "accuracy" else "s", color=color, markersize=5,
+                    label=f"{key} (held-out, strict)" if key == "accuracy" else f"{key} (held-out)")
         ax.axhline(thresholds[key], color=color, linestyle=":", linewidth=0.9)
         if aha.get(key) is not None:
             ax.axvline(aha[key], color=color, linestyle="--", linewidth=1.0)
             ax.annotate(f" {key.split('_')[0]} @ {aha[key]}", (aha[key], 1.0), color=color, fontsize=8,
                         va="top")
+    ev = series(rows, "eval/accuracy_lenient")
+    if ev[0]:
+        ax.plot(ev[0], ev[1], "^--", color="C2", markersize=5, label="accuracy (held-out, lenient)")
     ax.set_ylim(-0.02, 1.05)
     save(fig, ax, "accuracy.png", "Accuracy and format rate", "Accuracy and format rate (dotted: thresholds, "
          "dashed: the aha steps)", "fraction of completions")
@@ -209,7 +217,7 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
     save(fig, ax, "reflection.png", "Reflection-phrase rate (\"wait\", \"let me check\", ...)",
          "Share of completions with a reflection phrase (aha.log.REFLECTION_PHRASES)", "fraction")
 
-    health = [k for k in ("frac_zero_std", "truncated_rate", "entropy", "kl", "grad_norm", "clip_frac")
+    health = [k for k in ("frac_zero_std", "answer_collapse", "truncated_rate", "entropy", "kl", "grad_norm", "clip_frac")
               if series(rows, k)[0]]
     if health:
         cols = 2
@@ -246,7 +254,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window:
     window = window or default_window(len(rows))
     # Eval points are already means over many problems and are sparse: they are not smoothed.
     keys = ("reward", "accuracy", "format_rate", "completion_len", "reflection_rate", "truncated_rate",
-            "eval/accuracy", "eval/format_rate")
+            "answer_collapse", "frac_zero_std", "eval/accuracy", "eval/accuracy_lenient", "eval/format_rate")
     smoothed = {k: _smooth(series(rows, k), 1 if k.startswith("eval/") else window) for k in keys}
     aha = {k: first_crossing(smoothed[k], th[k]) for k in th}
     plots = make_plots(rows, out, window, aha, th)
@@ -258,7 +266,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window:
     intro = (f"Model **{cfg.get('model', '?')}** ({cfg.get('finetune', '?')}), task **{cfg.get('task', '?')}**, "
              f"{len(rows)} logged steps ({first} to {last}). Curves: moving average over {window} step(s), raw "
              "values faint; thresholds apply to the smoothed curves.")
-    md = [f"# aha report: `{run_dir}`", "", intro, "",
+    eval_path = run_dir / "eval_completions.jsonl"
+    eval_rows = read_jsonl(eval_path) if eval_path.is_file() else []
+    md = [f"# aha report: `{run_dir}`", "", intro, "", *_result_section(rows), *_correct_vs_incorrect(completions, eval_rows),
           "## The aha steps", "", "| event | threshold (smoothed) | first step |", "|---|---|---|"]
     names = {"format_rate": "format learned", "accuracy": "accuracy", "reflection_rate": "reflection"}
     for key, name in names.items():
@@ -267,7 +277,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window:
     for key, s in smoothed.items():
         raw = series(rows, key)
         if raw[0]:
-            best = _best(s, low=key == "truncated_rate")
+            best = _best(s, low=key in ("truncated_rate", "answer_collapse", "frac_zero_std"))
             md.append(f"| {key} | {_fmt(raw[1][0])} | {_fmt(raw[1][-1])} | {_fmt(best[1])} at step {best[0]} |")
     md += ["", "## Curves", ""]
     for name, caption in plots:
@@ -276,6 +286,73 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window:
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+def _result_section(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The run's result: held-out accuracy before (step 0) and after (the last eval), both graders."""
+    md = ["## Held-out result: untrained vs trained", ""]
+    evals = [r for r in rows if isinstance(r.get("eval/accuracy"), (int, float))]
+    if not evals or evals[0]["step"] != 0 or len(evals) < 2:
+        return md + ["No held-out eval at step 0 and at a later step in this run: train with `eval_every > 0` "
+                     "(it then evaluates the untrained policy before the first update and at the last step).", ""]
+    a, b = evals[0], evals[-1]
+    md += [f"Greedy decoding, the same {a.get('eval/n', '?')} held-out problems at step 0 and step {b['step']}.", "",
+           f"| grader | step 0 (untrained) | step {b['step']} (trained) | change |", "|---|---|---|---|"]
+    graders = [("strict: answer in the required format", "eval/accuracy"),
+               ("lenient: the last number written", "eval/accuracy_lenient"), ("format rate", "eval/format_rate")]
+    change = {}
+    for name, key in graders:
+        if isinstance(a.get(key), (int, float)) and isinstance(b.get(key), (int, float)):
+            change[key] = 100 * (b[key] - a[key])
+            md.append(f"| {name} | {100 * a[key]:.1f}% | {100 * b[key]:.1f}% | {change[key]:+.1f} points |")
+    strict, lenient = change.get("eval/accuracy"), change.get("eval/accuracy_lenient")
+    n = a.get("eval/n")
+    # About two standard errors of a proportion near 0.5 on n problems: changes below it may be chance.
+    noise = 100 / math.sqrt(n) if isinstance(n, (int, float)) and n > 0 else 10.0
+    if strict is not None and lenient is not None:
+        if lenient > noise:
+            verdict = (f"Lenient accuracy rose {lenient:+.1f} points (chance alone moves a figure on {n} problems "
+                       f"by about {noise:.0f}): the trained model writes **more right answers**, not only the format.")
+        elif strict > noise:
+            verdict = (f"Strict accuracy rose {strict:+.1f} points but lenient only {lenient:+.1f} (within the "
+                       f"~{noise:.0f} points chance allows on {n} problems): the gain is mostly **format** (the "
+                       "answer now sits where the grader looks), not better answers.")
+        else:
+            verdict = f"Neither grader moved by more than chance allows on {n} problems (~{noise:.0f} points)."
+        md += ["", verdict]
+    return md + [""]
+
+
+def _correct_vs_incorrect(completions: Sequence[dict[str, Any]], eval_rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Length (tokens) and reflection-phrase rate of correct vs incorrect completions."""
+    from aha.log import has_reflection
+
+    train = [r for r in completions if not r.get("probe") and isinstance(r.get("correct"), bool)
+             and isinstance(r.get("completion"), str)]
+    last = max((r.get("step", 0) for r in eval_rows), default=None)
+    final = [r for r in eval_rows if r.get("step") == last and isinstance(r.get("completion"), str)]
+    cols = [(f"training rollouts, {w}", [r for r in train if r["correct"] == ok]) for w, ok in
+            (("correct", True), ("incorrect", False))]
+    if final:
+        cols += [(f"held-out eval at step {last}, {w}", [r for r in final if bool(r.get("correct")) == ok])
+                 for w, ok in (("correct", True), ("incorrect", False))]
+    if not train and not final:
+        return []
+
+    def mean(xs: list[float]) -> str:
+        return f"{sum(xs) / len(xs):.1f}" if xs else "-"
+
+    def rate(rs: list[dict[str, Any]]) -> str:
+        return f"{100 * sum(has_reflection(r['completion']) for r in rs) / len(rs):.1f}%" if rs else "-"
+
+    md = ["## Correct vs incorrect completions", "",
+          "| | " + " | ".join(name for name, _ in cols) + " |", "|---" * (len(cols) + 1) + "|",
+          "| completions | " + " | ".join(str(len(rs)) for _, rs in cols) + " |",
+          "| mean length (tokens) | " + " | ".join(
+              mean([float(r["length"]) for r in rs if isinstance(r.get("length"), (int, float))]) for _, rs in cols)
+          + " |",
+          "| reflection-phrase rate | " + " | ".join(rate(rs) for _, rs in cols) + " |", ""]
+    return md
 
 
 def _smooth(s: Series, window: int) -> Series:

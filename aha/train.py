@@ -79,7 +79,23 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     G = cfg.rollout.num_generations
     sampling = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p,
                               cfg.rollout.top_k)
+    def held_out_eval(step: int) -> dict[str, float]:
+        """Greedy accuracy (strict and lenient) on the first `eval_limit` test problems: the same
+        problems, the same decoding at every eval, so step 0 vs the end is a fair comparison.
+        The completions go to eval_completions.jsonl for the report."""
+        from aha.eval import evaluate
+
+        result = evaluate(model, tokenizer, task, split="test", limit=cfg.eval_limit,
+                          max_new_tokens=cfg.rollout.max_new_tokens, engine=cfg.rollout.engine,
+                          save_completions=True)
+        model.train()
+        logger.log_eval_completions(step, result.pop("rows"))
+        return {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+
+    if cfg.eval_every and state["step"] == 0 and d.main:  # the untrained policy: the baseline to beat
+        logger.log_metrics(0, held_out_eval(0))
     model.train()
+    no_signal = 0  # consecutive steps in which every group's rewards were equal
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
@@ -115,23 +131,24 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         if d.main:
             metrics = {
                 **rollout_metrics(rows_out), "frac_zero_std": n_zero / cfg.prompts_per_step,
+                "answer_collapse": answer_collapse([r["completion"] for r in rows_out], G),
                 **stats, "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": sum(r["length"] for r in rows_out) / max(t_gen - t0, 1e-9),
                 "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
                 "update_time": t_end - t_score, "epoch": state["epoch"],
             }
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                from aha.eval import evaluate
-
-                result = evaluate(model, tokenizer, task, split="test", limit=cfg.eval_limit,
-                                  max_new_tokens=cfg.rollout.max_new_tokens, engine=cfg.rollout.engine)
-                metrics.update({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))})
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                metrics.update(held_out_eval(step))
             logger.log_metrics(step, metrics)
             if cfg.log_completions_every and step % cfg.log_completions_every == 0:
                 logger.log_completions(step, logged(rows_out))
             if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
                 logger.log_completions(step, [probe_completion(model, tokenizer, task, cfg)])
             progress.update(step, metrics)
+            # A run whose groups all carry equal rewards learns nothing: say so while it runs.
+            no_signal = no_signal + 1 if n_zero == cfg.prompts_per_step else 0
+            if cfg.warn_no_signal_steps and no_signal == cfg.warn_no_signal_steps:
+                print(no_signal_warning(no_signal, metrics), file=sys.stderr, flush=True)
 
         # 7. Checkpoint (the state saved is the state *after* this step).
         _save_if_due(step, cfg, state, d, run_dir, model, tokenizer, optimizer, scheduler, config_yaml)
@@ -153,7 +170,7 @@ def completion_rows(task: Any, group: list[Any], texts: list[str], scores: list[
 
 def logged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The fields of `completion_rows` that completions.jsonl keeps."""
-    return [{k: r[k] for k in ("prompt_id", "completion", "reward", "rewards", "correct")} for r in rows]
+    return [{k: r[k] for k in ("prompt_id", "completion", "reward", "rewards", "correct", "length")} for r in rows]
 
 
 def rollout_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -169,6 +186,31 @@ def rollout_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
         "truncated_rate": sum(r["truncated"] for r in rows) / n,
         "reflection_rate": reflection_rate([r["completion"] for r in rows]),
     }
+
+
+def answer_collapse(texts: list[str], G: int) -> float:
+    """Share of groups whose G completions all give the same final answer: the last `<answer>`
+    block (whitespace and commas removed), or the whole stripped text when there is none.
+
+    texts: (N,) completions, each group's G adjacent. A collapsed group has nothing left to
+    compare; unlike `frac_zero_std` it also shows a policy that agrees with itself while the
+    rewards still differ on format details.
+    """
+    from aha.eval import vote_answer
+
+    answers = [vote_answer(t) or t.strip() for t in texts]
+    groups = [answers[i:i + G] for i in range(0, len(answers), G)]
+    return sum(len(set(g)) == 1 for g in groups) / max(len(groups), 1)
+
+
+def no_signal_warning(steps: int, m: dict[str, float]) -> str:
+    """The one-line warning for `steps` consecutive steps in which no group carried a signal."""
+    return (f"aha: warning: no group has carried a learning signal for {steps} steps (every group's rewards "
+            f"equal, so every advantage is 0 and nothing is learned; answer_collapse={m['answer_collapse']:.2f}, "
+            f"entropy={m['entropy']:.3g}, reward={m['reward']:.3g}). Usual causes: rewards that are all equal "
+            "(too hard or too easy, or a reward bug), sampling too narrow (low temperature or top_p/top_k, "
+            "entropy collapsed: lower lr), reward hacking (every completion games the same reward); "
+            "see completions.jsonl")
 
 
 def _save_if_due(step: int, cfg: Config, state: dict[str, Any], d: distributed.Dist, run_dir: Path,

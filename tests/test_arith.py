@@ -34,3 +34,42 @@ def test_arith_uses_gsm8k_rewards_with_the_prefill():
     assert not t.is_correct(wrong, ex) and not t.is_formatted(wrong, ex)
     base = get_task("arith", template="base", n_train=1, n_test=1).examples("test")[0]
     assert isinstance(base.prompt, str) and base.prompt.endswith("Assistant: <think>\n")
+
+
+def test_sums_are_held_out_by_problem_and_the_example_never_answers_the_question():
+    from aha.tasks.arith import all_sums
+
+    t = get_task("arith", problems="sums", prompt_style="example", n_train=2000, n_test=200)
+    train, test = t.examples("train"), t.examples("test")
+    assert len(train) == 2000 and len(test) == 200 and len(all_sums(20)) == 441 + 231
+    question = lambda e: e.prompt[1]["content"]  # noqa: E731
+    assert not {question(e) for e in train} & {question(e) for e in test}
+    assert len({question(e) for e in test}) == 200
+    for e in train[:300] + list(test):
+        q = question(e)  # "What is a op b?"
+        a, op, b = q.removeprefix("What is ").removesuffix("?").split()
+        assert int(e.target) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0
+        system = e.prompt[0]["content"]
+        shown = system.split('For example, for "What is ')[1].split("?")[0]
+        assert shown.split()[1] != op  # the worked example uses the other operation
+        assert f"<answer>\n{e.target}\n</answer>" not in system  # and copying its answer is never right
+    # same seed, same split; another seed, another split
+    assert [question(e) for e in get_task("arith", problems="sums", n_test=200).examples("test")] == \
+        [question(e) for e in test]
+    assert [question(e) for e in get_task("arith", problems="sums", seed=1).examples("test")] != \
+        [question(e) for e in test]
+
+
+def test_arith_weights_and_lenient_grader():
+    t = get_task("arith", problems="sums", weights={"soft_format": 0.25, "xmlcount": 0.0})
+    ex = t.examples("test")[0]
+    _, parts = t.score(f"x\n</think>\n<answer>\n{ex.target}\n</answer>", ex)
+    assert parts["soft_format"] == 0.25 and parts["xmlcount"] == 0.0 and parts["correctness"] == 2.0
+    assert t.is_correct_lenient(f"so the sum is {ex.target}.", ex) and not t.is_correct(f"{ex.target}", ex)
+    assert not t.is_correct_lenient(f"{ex.target} and then 99999", ex)
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown reward"):
+        get_task("arith", weights={"corectness": 1.0})
+    with pytest.raises(ValueError, match="problems='sums'"):
+        get_task("arith", prompt_style="example")

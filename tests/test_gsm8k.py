@@ -392,3 +392,15 @@ def test_prefill_rules() -> None:
         Example("p", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>"}], "1")
     ) == ("<think>")
     assert prefill_of(Example("p", [], "1")) == ""
+
+
+@pytest.mark.parametrize("text,gold,ok", [
+    ("18 + 2 = 20", "20", True), ("The answer is 1,000 dollars.", "1000", True), ("-3 then -4", "-4", True),
+    ("20\n</think>\n<answer>\n20\n</answer>", "20", True), ("it is 20, or 21", "20", False),
+    ("no number here", "1", False), ("18.0", "18", True), ("7" * 5000, "7", False),
+])
+def test_lenient_grader_reads_the_last_number(text, gold, ok):
+    from aha.tasks.gsm8k import lenient_correct
+
+    ex = Example(id="x", prompt="q", target=gold)
+    assert lenient_correct(text, ex) is ok

@@ -101,7 +101,7 @@ def test_plots_show_the_curves(tmp_path, monkeypatch):
     write_report(run, window=5)
     acc = [0.9 * sigmoid((s - 60) / 6) for s in range(1, 61)]
     assert drawn["accuracy.png"]["accuracy (train)"] == pytest.approx(moving_average(acc, 5))
-    assert drawn["accuracy.png"]["accuracy (eval)"] == pytest.approx([acc[24], acc[49]])
+    assert drawn["accuracy.png"]["accuracy (held-out, strict)"] == pytest.approx([acc[24], acc[49]])
     assert drawn["length.png"]["mean"] == pytest.approx(moving_average([50 + s for s in range(1, 61)], 5))
     assert drawn["rewards.png"]["correctness"] == pytest.approx(moving_average([2 * a for a in acc], 5))
     assert drawn["reflection.png"]["train"] == pytest.approx(moving_average([0.002 * s for s in range(1, 61)], 5))
@@ -153,3 +153,46 @@ def test_report_without_completions_says_so(tmp_path):
     (run / "completions.jsonl").unlink()
     md = write_report(run).read_text()
     assert "No completions.jsonl" in md
+
+
+def _with_evals(run: Path, before: tuple[float, float], after: tuple[float, float], n: int = 200) -> Path:
+    """Add a step-0 eval row and a last-step eval with (strict, lenient) accuracies, plus eval completions."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("eval/accuracy", None)
+    rows.insert(0, {"step": 0, "eval/accuracy": before[0], "eval/accuracy_lenient": before[1], "eval/n": n,
+                    "eval/format_rate": 0.1})
+    rows[-1].update({"eval/accuracy": after[0], "eval/accuracy_lenient": after[1], "eval/n": n,
+                     "eval/format_rate": 1.0})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    last = rows[-1]["step"]
+    ev = [{"step": last, "id": f"t/{i}", "completion": "wait, 2+2=4" if i % 2 else "4", "correct": i % 2 == 1,
+           "length": 10 if i % 2 else 2} for i in range(4)]
+    (run / "eval_completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev))
+    return run
+
+
+def test_report_leads_with_held_out_accuracy_before_and_after(tmp_path):
+    run = _with_evals(write_run(tmp_path / "run"), before=(0.04, 0.50), after=(0.60, 0.66))
+    md = write_report(run, window=1).read_text()
+    result = md.index("## Held-out result")
+    assert result < md.index("## The aha steps") and result < md.index("## Summary")
+    assert "| strict: answer in the required format | 4.0% | 60.0% | +56.0 points |" in md
+    assert "| lenient: the last number written | 50.0% | 66.0% | +16.0 points |" in md
+    assert "more right answers" in md
+    # correct vs incorrect: the final eval's two correct completions are 10 tokens and reflect, the others not
+    assert "held-out eval at step 100, correct" in md
+    table = md[md.index("## Correct vs incorrect"):md.index("## The aha steps")]
+    assert "| mean length (tokens) | - | - | 10.0 | 2.0 |" in table
+    assert "| reflection-phrase rate | - | 0.0% | 100.0% | 0.0% |" in table  # no correct training rollout
+
+
+def test_report_calls_a_format_only_gain_format(tmp_path):
+    run = _with_evals(write_run(tmp_path / "run"), before=(0.04, 0.50), after=(0.50, 0.51))
+    md = write_report(run, window=1).read_text()
+    assert "mostly **format**" in md and "more right answers" not in md
+
+
+def test_report_without_a_step_0_eval_says_how_to_get_one(tmp_path):
+    md = write_report(write_run(tmp_path / "run"), window=1).read_text()
+    assert "eval_every > 0" in md

@@ -209,3 +209,77 @@ def test_full_finetuning_on_half_precision_weights_warns(tmp_path, capsys):
                                 f"output_dir={tmp_path}", "tensorboard=false"])
     train(cfg)
     assert "updates below their precision are lost" in capsys.readouterr().err
+
+
+# ---- issue 12: the held-out baseline, collapse and the no-signal warning
+
+
+def test_answer_collapse_counts_groups_with_one_answer():
+    from aha.train import answer_collapse
+
+    same = ["x\n</think>\n<answer>\n7\n</answer>", "y</think><answer> 7 </answer>"]  # same answer, other text
+    differ = ["<answer>7</answer>", "<answer>8</answer>"]
+    no_tags_same, no_tags_differ = ["number", " number\n"], ["number", "seven"]
+    assert answer_collapse(same + differ + no_tags_same + no_tags_differ, 2) == 0.5
+    assert answer_collapse(same, 2) == 1.0 and answer_collapse(differ, 2) == 0.0
+
+
+class EqualRewardTask:
+    """Every completion gets the same reward: no group ever carries a signal."""
+
+    name = "flat"
+    rewards = {"flat": (lambda completion, ex: 1.0, 1.0)}
+
+    def examples(self, split):
+        from aha.tasks.base import Example
+
+        return [Example(id=f"flat/{split}/{i}", prompt=f"prompt {i}:", target=None) for i in range(8)]
+
+    def score(self, completion, ex):
+        return 1.0, {"flat": 1.0}
+
+    def is_correct(self, completion, ex):
+        return False
+
+    def is_correct_lenient(self, completion, ex):
+        return False
+
+    def is_formatted(self, completion, ex):
+        return False
+
+
+def test_no_signal_warns_once_after_k_steps(tmp_path: Path, monkeypatch, capsys):
+    import aha.train
+
+    monkeypatch.setattr(aha.train, "get_task", lambda name, **o: EqualRewardTask())
+    out = train(toy_cfg(tmp_path / "flat", "max_steps=5", "save_every=0", "warn_no_signal_steps=3",
+                        "probe_every=0"))
+    err = capsys.readouterr().err
+    assert err.count("no group has carried a learning signal for 3 steps") == 1
+    assert "rewards that are all equal" in err and "sampling too narrow" in err and "reward hacking" in err
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert all(r["frac_zero_std"] == 1.0 for r in rows) and all("answer_collapse" in r for r in rows)
+
+
+def test_toy_task_with_signal_does_not_warn(tmp_path: Path, toy_task, capsys):
+    train(toy_cfg(tmp_path / "toy", "max_steps=3", "save_every=0", "warn_no_signal_steps=1"))
+    assert "learning signal" not in capsys.readouterr().err
+
+
+def test_eval_runs_at_step_0_and_last_step_and_resume_stays_exact(tmp_path: Path, toy_task):
+    ev = ("eval_every=2", "eval_limit=3")
+    straight = train(toy_cfg(tmp_path / "a", "max_steps=5", "save_every=3", *ev))
+    split = tmp_path / "b"
+    train(toy_cfg(split, "max_steps=3", "save_every=3", *ev))
+    train(toy_cfg(split, "max_steps=5", "save_every=3", *ev), resume="latest")
+    a, b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(split / "metrics.jsonl")
+    no_eval = lambda rows: [{k: v for k, v in r.items() if not k.startswith("eval/")} for r in _deterministic(rows)]  # noqa: E731
+    assert no_eval(a) == no_eval(b)  # evaluating does not disturb training
+    evals = [r for r in a if "eval/accuracy" in r]
+    # the split run also evaluated at step 3, its first half's last step; the shared evals agree
+    assert _deterministic([r for r in b if "eval/accuracy" in r and r["step"] != 3]) == _deterministic(evals)
+    assert [r["step"] for r in evals] == [0, 2, 4, 5]  # the untrained policy, every 2 steps, the last step
+    assert {"eval/accuracy", "eval/accuracy_lenient", "eval/n", "eval/format_rate"} <= evals[0].keys()
+    assert evals[0]["eval/n"] == 3 and set(evals[0]) - {"step"} <= {k for k in evals[0] if k.startswith("eval/")}
+    rows = read_jsonl(straight / "eval_completions.jsonl")
+    assert sorted({r["step"] for r in rows}) == [0, 2, 4, 5] and len(rows) == 12

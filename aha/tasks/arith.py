@@ -1,10 +1,20 @@
-"""Arith: short, generated one- and two-step word problems, scored with GSM8K's five rewards.
+"""Arith: short generated arithmetic problems, scored with GSM8K's five rewards.
 
 This is the CPU demo's task. GSM8K prompts are 100-200 tokens, which on a 2-core CPU makes
-every GRPO step cost a minute; these are ~20 tokens, so a 135M model can be seen learning the
-`<think>...</think><answer>...</answer>` format (and some arithmetic) in minutes, offline.
-Puzzles are drawn from a seeded RNG, so train/test are deterministic and disjoint (test uses a
-different seed stream and skips any problem text that also appears in train's first draws).
+every GRPO step cost a minute; these are ~20 tokens, so a 135M model can be seen learning in
+minutes, offline. Two kinds of problem:
+
+- `problems="word"` (the default): one- and two-step word problems ("Ann has 5 apples...").
+  Train/test are seeded draws; the test set skips any problem text that appears in train.
+- `problems="sums"` (the CPU demo): bare additions and subtractions of whole numbers up to
+  `max_operand` ("What is 13 + 7?"). Every distinct problem (op, a, b) is either a test problem
+  or a train problem, never both: held out *by problem*, so a test answer is never rewarded in
+  training. With `prompt_style="example"` each prompt carries one worked example with fresh
+  numbers and a *different* operation, so copying the example's answer is never right (the
+  placeholder prompt's "number" was copied verbatim by SmolLM2-135M, which then stopped learning).
+
+`weights` overrides reward weights by name (e.g. {"soft_format": 0.25}) so that a preset can
+make correctness dominate the total.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import random
 from typing import Sequence
 
 from aha.tasks.base import Example, Messages, Task
-from aha.tasks.gsm8k import REWARDS, correctness_reward, soft_format_reward
+from aha.tasks.gsm8k import REWARDS, correctness_reward, lenient_correct, soft_format_reward
 
 NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jack", "Lena", "Max", "Nia", "Omar"]
 ITEMS = ["apples", "books", "coins", "stickers", "marbles", "pens", "cards", "shells", "cookies", "stamps"]
@@ -60,49 +70,119 @@ def _draw(rng: random.Random) -> tuple[str, str]:
     return question, str(answer(a, b, c))
 
 
+# The sums variant. The worked example in `EXAMPLE_SYSTEM` shows the format on a different
+# operation than the question's, with fresh numbers per prompt: copying it is never rewarded.
+SUM_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b}
+EXAMPLE_OPS = {"+": "-", "-": "+"}  # the question's operation -> the worked example's
+EXAMPLE_SYSTEM = ("Solve the problem. Think step by step inside <think> </think> tags, then write only the final "
+                  "number inside <answer> </answer> tags. For example, for \"What is {x} {op} {y}?\":\n"
+                  "<think>\n{x} {op} {y} = {r}\n</think>\n<answer>\n{r}\n</answer>")
+
+
+def all_sums(max_operand: int) -> list[tuple[str, int, int]]:
+    """Every distinct problem (op, a, b) with 0 <= a, b <= max_operand; subtractions have a >= b."""
+    return [(op, a, b) for op in SUM_OPS for a in range(max_operand + 1) for b in range(max_operand + 1)
+            if op == "+" or a >= b]
+
+
+def _example_system(rng: random.Random, op: str, answer: int, max_operand: int) -> str:
+    """The system prompt with a worked example on the other operation whose result is not `answer`."""
+    eop = EXAMPLE_OPS[op]
+    while True:
+        x, y = rng.randint(2, max_operand), rng.randint(2, max_operand)
+        if eop == "-" and y > x:
+            x, y = y, x
+        if SUM_OPS[eop](x, y) != answer:  # copying the example's answer must never be right
+            return EXAMPLE_SYSTEM.format(x=x, op=eop, y=y, r=SUM_OPS[eop](x, y))
+
+
 class Arith(Task):
-    """Generated arithmetic word problems with GSM8K's rewards (same tags, same weights)."""
+    """Generated arithmetic problems with GSM8K's rewards (same tags; weights overridable).
+
+    Options: `problems` "word" | "sums"; `template` "chat" | "base"; `prompt_style`
+    "placeholder" (the format with placeholder words) | "example" (one worked example, sums
+    only); `max_operand` (sums); `n_train`/`n_test` (sums: at most the number of distinct
+    problems); `seed` (which problems are train and which test, and the draws); `weights`.
+    Raises ValueError on an unknown value.
+    """
 
     name = "arith"
     rewards = REWARDS
 
     def __init__(self, n_train: int = 5000, n_test: int = 200, seed: int = 0, template: str = "chat",
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, problems: str = "word", prompt_style: str = "placeholder",
+                 max_operand: int = 20, weights: dict[str, float] | None = None) -> None:
         if template not in ("base", "chat"):
             raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        if problems not in ("word", "sums"):
+            raise ValueError(f"problems must be 'word' or 'sums', got {problems!r}")
+        if prompt_style not in ("placeholder", "example"):
+            raise ValueError(f"prompt_style must be 'placeholder' or 'example', got {prompt_style!r}")
+        if prompt_style == "example" and problems != "sums":
+            raise ValueError("prompt_style='example' needs problems='sums' (its worked example is a sum)")
+        unknown = sorted(set(weights or {}) - set(REWARDS))
+        if unknown:
+            raise ValueError(f"unknown reward(s) in weights: {unknown}; known: {sorted(REWARDS)}")
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
-        self.template = template
+        self.template, self.problems, self.prompt_style = template, problems, prompt_style
+        self.max_operand = max_operand
         self.system_prompt = system_prompt
+        if weights:
+            self.rewards = {k: (fn, float(weights.get(k, w))) for k, (fn, w) in REWARDS.items()}
         self._cache: dict[str, list[Example]] = {}
 
-    def prompt(self, question: str) -> str | Messages:
+    def prompt(self, question: str, system: str | None = None) -> str | Messages:
         if self.template == "chat":
-            return [{"role": "system", "content": self.system_prompt or SYSTEM},
+            return [{"role": "system", "content": system or self.system_prompt or SYSTEM},
                     {"role": "user", "content": question},
                     {"role": "assistant", "content": PREFILL}]
-        return f"{self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {PREFILL}"
+        return f"{system or self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {PREFILL}"
 
     def examples(self, split: str) -> Sequence[Example]:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if split not in self._cache:
-            train_rng = random.Random(f"arith-train-{self.seed}")
-            train = [_draw(train_rng) for _ in range(self.n_train)]
-            if split == "train":
-                rows = train
-            else:  # a fixed test set, whatever the train seed, minus anything seen in training
-                seen = {q for q, _ in train}
-                test_rng, rows = random.Random("arith-test"), []
-                while len(rows) < self.n_test:
-                    q, a = _draw(test_rng)
-                    if q not in seen:
-                        rows.append((q, a))
-            self._cache[split] = [Example(id=f"arith/{split}/{i}", prompt=self.prompt(q), target=a)
-                                  for i, (q, a) in enumerate(rows)]
+            make = self._sums if self.problems == "sums" else self._words
+            self._cache[split] = [Example(id=f"arith/{split}/{i}", prompt=p, target=a)
+                                  for i, (p, a) in enumerate(make(split))]
         return self._cache[split]
+
+    def _words(self, split: str) -> list[tuple[str | Messages, str]]:
+        train_rng = random.Random(f"arith-train-{self.seed}")
+        train = [_draw(train_rng) for _ in range(self.n_train)]
+        if split == "train":
+            return [(self.prompt(q), a) for q, a in train]
+        # A fixed test set, whatever the train seed, minus anything seen in training.
+        seen = {q for q, _ in train}
+        test_rng, rows = random.Random("arith-test"), []
+        while len(rows) < self.n_test:
+            q, a = _draw(test_rng)
+            if q not in seen:
+                rows.append((self.prompt(q), a))
+        return rows
+
+    def _sums(self, split: str) -> list[tuple[str | Messages, str]]:
+        problems = all_sums(self.max_operand)
+        if self.n_test >= len(problems):
+            raise ValueError(f"n_test={self.n_test} leaves no training problems: max_operand={self.max_operand} "
+                             f"has {len(problems)} distinct problems")
+        random.Random(f"arith-sums-split-{self.seed}").shuffle(problems)
+        # The first n_test problems are the test set; the rest are cycled through for n_train draws.
+        chosen = problems[:self.n_test] if split == "test" else \
+            [problems[self.n_test + i % (len(problems) - self.n_test)] for i in range(self.n_train)]
+        rng = random.Random(f"arith-sums-{split}-{self.seed}")
+        rows = []
+        for op, a, b in chosen:
+            answer = SUM_OPS[op](a, b)
+            system = _example_system(rng, op, answer, self.max_operand) if self.prompt_style == "example" else None
+            rows.append((self.prompt(f"What is {a} {op} {b}?", system), str(answer)))
+        return rows
 
     def is_correct(self, completion: str, ex: Example) -> bool:
         return correctness_reward(completion, ex) > 0
+
+    def is_correct_lenient(self, completion: str, ex: Example) -> bool:
+        return lenient_correct(completion, ex)
 
     def is_formatted(self, completion: str, ex: Example) -> bool:
         return soft_format_reward(completion, ex) > 0

@@ -40,6 +40,12 @@ class Task:
         """The eval metric; separate from the shaped rewards so shaping cannot inflate it."""
         raise NotImplementedError
 
+    def is_correct_lenient(self, completion: str, ex: Example) -> bool:
+        """A looser reading of the answer, ignoring the required format (for number answers: the
+        last number written). Reported beside `is_correct` so that a gain from format alone shows.
+        Tasks with no looser reading grade as `is_correct`."""
+        return self.is_correct(completion, ex)
+
     def is_formatted(self, completion: str, ex: Example) -> bool:
         """Whether the task accepts the completion's format (the `format_rate` metric)."""
         raise NotImplementedError

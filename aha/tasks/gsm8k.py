@@ -163,6 +163,30 @@ def xmlcount_reward(completion: str, ex: Example) -> float:
     return min(1.0, max(0.0, score))
 
 
+# A number as people write it in running text: optional sign, digits with optional thousands
+# groups, optional decimals. Linear to scan (no nested ambiguity).
+_NUMBER_IN_TEXT = re.compile(r"-?[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number written anywhere in `text` (normalised like an answer), or None."""
+    last = None
+    for m in _NUMBER_IN_TEXT.finditer(text):
+        last = m.group()
+    return normalize_number(last) if last is not None else None
+
+
+def lenient_correct(completion: str, ex: Example) -> bool:
+    """The lenient grader: the last number the model wrote equals the gold, tags or not.
+
+    Not a reward: it tells format learning apart from answer learning (DESIGN "What counts as
+    learning"). Only the completion is read, never the prompt's pre-fill.
+    """
+    got = last_number(completion)
+    gold = normalize_number(str(ex.target))
+    return got is not None and gold is not None and Decimal(got) == Decimal(gold)
+
+
 REWARDS = {
     "correctness": (correctness_reward, 2.0),
     "int": (int_reward, 0.5),
@@ -222,6 +246,9 @@ class GSM8K(Task):
 
     def is_correct(self, completion: str, ex: Example) -> bool:
         return correctness_reward(completion, ex) > 0
+
+    def is_correct_lenient(self, completion: str, ex: Example) -> bool:
+        return lenient_correct(completion, ex)
 
     def is_formatted(self, completion: str, ex: Example) -> bool:
         return soft_format_reward(completion, ex) > 0
