@@ -265,12 +265,29 @@ def validate(cfg: Config) -> None:
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")
-    if not 0 < cfg.rollout.top_p <= 1:
+    if cfg.rollout.top_p > 1:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.num_generations < 2:
         raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
+    greedy = greedy_setting(cfg.rollout)
+    if greedy:
+        raise ConfigError(f"{greedy} makes sampling greedy: the G completions of every prompt would be identical, "
+                          "every group's advantage zero and nothing learned; sample for training "
+                          "(rollout.temperature > 0, rollout.top_k 0 or >= 2, rollout.top_p in (0, 1])")
     if cfg.backend == "jax":
         validate_jax(cfg)
+
+
+def greedy_setting(rollout: RolloutConfig) -> str | None:
+    """The setting that makes rollouts greedy (one token kept at every step), or None. Greedy
+    groups are degenerate: equal completions, equal rewards, zero advantages, no gradient."""
+    if rollout.temperature == 0:
+        return "rollout.temperature=0"
+    if rollout.top_k == 1:
+        return "rollout.top_k=1"
+    if rollout.top_p <= 0:  # the nucleus keeps the most likely token alone
+        return f"rollout.top_p={rollout.top_p:g}"
+    return None
 
 
 def validate_jax(cfg: Config) -> None:

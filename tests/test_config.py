@@ -62,3 +62,23 @@ def test_unknown_key_in_yaml_file(tmp_path: Path):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match="cpu-demo"):
         load_config("no-such-preset")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rollout.temperature=0", "rollout.temperature=0"),
+    ("rollout.temperature=0.0", "rollout.temperature=0"),
+    ("rollout.top_k=1", "rollout.top_k=1"),
+    ("rollout.top_p=0", "rollout.top_p=0"),
+    ("rollout.top_p=-0.5", "rollout.top_p=-0.5"),
+])
+def test_greedy_sampling_is_refused_for_training(override, key):
+    """Greedy rollouts make every group's G completions identical: zero advantages, nothing learned."""
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", [override])
+    message = str(err.value)
+    assert key in message and "identical" in message and "\n" not in message
+
+
+def test_sampling_that_keeps_more_than_one_token_is_accepted():
+    for extra in (["rollout.top_k=2"], ["rollout.temperature=0.1"], ["rollout.top_p=0.05"], ["rollout.top_k=0"]):
+        load_config("smoke", extra)
