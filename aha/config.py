@@ -9,6 +9,7 @@ that names the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -321,3 +322,57 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---- resuming: what may differ between a checkpoint's config and the current one ----
+
+# Changing these makes the saved weights or optimizer state mean something else (or not fit):
+# the architecture, what is trained and its shapes, the LoRA scale, the optimizer's state layout.
+RESUME_REFUSED = ("backend", "model", "finetune", "lora.r", "lora.alpha", "lora.target_modules", "lora.last_layers",
+                  "optimizer")
+# Changing these leaves what the run learns alone: where and how often it logs, evaluates and
+# saves, how the work is batched or which engine samples (the same distribution).
+RESUME_IGNORED = ("output_dir", "device", "tensorboard", "log_completions_every", "probe_every", "eval_every",
+                  "eval_limit", "save_every", "keep_last", "micro_batch_tokens", "logprob_chunk", "rollout.batch_size",
+                  "rollout.engine", "gradient_checkpointing", "deterministic")
+_OPAQUE = ("task_options",)  # compared as one value: its keys are the task's, absent means default
+
+
+def resume_diff(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(refused, changed) between a checkpoint's config and the current one, both as `to_dict()`
+    gives them; each item reads "key old -> new". Refused: keys of RESUME_REFUSED, and the seed when
+    the base weights are drawn from it (`random:<arch>` with adapters). Changed: every other
+    difference outside RESUME_IGNORED (seed, task, G, prompts_per_step, max_steps, schedule, ...).
+    A key one side lacks (a config written by another version of aha) is not compared."""
+    old, new = _flatten(saved), _flatten(current)
+    refused, changed = [], []
+    for key in new:
+        if key not in old or old[key] == new[key] or key in RESUME_IGNORED:
+            continue
+        item = f"{key} {_show(old[key])} -> {_show(new[key])}"
+        seeded_base = (key == "seed" and str(new.get("model", "")).startswith("random:")
+                       and new.get("finetune") != "full")
+        if key in RESUME_REFUSED or seeded_base:
+            refused.append(item + (" (the random base weights come from the seed)" if seeded_base else ""))
+        else:
+            changed.append(item)
+    return refused, changed
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key not in _OPAQUE:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    """A value on one line: plain words as they are, anything else as JSON (quoted, escaped)."""
+    if isinstance(value, str) and value and value.isprintable() and " " not in value:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return json.dumps(value, default=str, sort_keys=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import sys
 import time
@@ -38,7 +39,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {d.world} processes "
                           f"(a group never spans ranks); make it a multiple of --nproc-per-node")
     run_dir = Path(cfg.output_dir)
-    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite)
+    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, cfg=cfg)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -336,12 +337,16 @@ def lr_lambda(cfg: Config):
 
 
 def checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool,
-                         verify: Any = checkpoint.verify) -> Path | None:
-    """The checkpoint to resume from (checked by `verify`, the backend's own), or None for a fresh
-    run - refused when the run directory already holds one and `overwrite` is not set."""
+                         verify: Any = checkpoint.verify, cfg: Config | None = None) -> Path | None:
+    """The checkpoint to resume from (checked by `verify`, the backend's own, and its config against
+    `cfg`: `checkpoint.check_config`), or None for a fresh run - refused when the run directory
+    already holds one and `overwrite` is not set."""
     if resume is not None:
         path = checkpoint.latest(run_dir) if resume == "latest" else Path(resume)
         verify(path)
+        warning = checkpoint.check_config(path, cfg.to_dict()) if cfg is not None else None
+        if warning and os.environ.get("RANK", "0") == "0":
+            print(f"aha: warning: {warning}", file=sys.stderr)
         return path
     has_run = (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0
     if not overwrite and (has_run or checkpoint.list_checkpoints(run_dir)):

@@ -51,7 +51,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                            rollout_metrics)
 
     run_dir = Path(cfg.output_dir)
-    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify)
+    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify, cfg)
     random.seed(cfg.seed)
     mesh = make_mesh()
     n_dev = mesh.devices.size
