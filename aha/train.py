@@ -28,7 +28,7 @@ from aha.log import RunLogger, reflection_rate
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy, trainable_parameters
 from aha.optim import build_optimizer
-from aha.rollout import Rollout, SamplingParams, generate
+from aha.rollout import Rollout, SamplingParams, generate, render_prompt
 from aha.tasks import get_task, reward_means
 
 
@@ -50,6 +50,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     policy = load_policy(cfg.model, cfg.finetune, cfg.lora, device, cfg.dtype, cfg.gradient_checkpointing,
                          cfg.seed)  # same seed everywhere: every rank starts from the same weights
     model, tokenizer = policy.model, policy.tokenizer
+    render_prompt(tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
     if d.rank > 0:  # ranks sample different completions; rank 0 keeps the 1-process stream
         random.seed(cfg.seed + 1009 * d.rank)
         torch.manual_seed(cfg.seed + 1009 * d.rank)

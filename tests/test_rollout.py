@@ -155,3 +155,55 @@ def test_vllm_engine_ignores_the_checkpoint_generation_config(monkeypatch):
     pol = load_policy("random:tiny-qwen2", device="cpu")
     engine._llm(pol.model, types.SimpleNamespace(LLM=FakeLLM))
     assert built["generation_config"] == "vllm" and built["load_format"] == "dummy"
+
+
+# ---------------------------------------------------------------------------- the pre-fill the rewards judge
+
+TRIMMING = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+DROPPING = ("{% for m in messages %}{% if m['role'] != 'assistant' %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+            "<|im_end|>\n{% endif %}{% endfor %}<|im_start|>assistant\n")
+
+
+def test_a_chat_template_that_alters_the_prefill_is_refused():
+    from aha.errors import ConfigError
+    from aha.tasks import get_task
+
+    tok = load_policy("random:tiny-qwen2", device="cpu").tokenizer
+    chat_prompts = [get_task("gsm8k", template="chat").prompt("Q?"),
+                    get_task("countdown", template="chat", n_test=2).examples("test")[0].prompt,
+                    get_task("arith", n_test=2).examples("test")[0].prompt]
+    for prompt in chat_prompts:
+        assert render_prompt(tok, prompt).endswith(prompt[-1]["content"])  # a template that keeps it
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>\n"}]
+    tok.name_or_path = "acme/trimming-instruct"
+    for template, what in ((TRIMMING, "assistant\\n<think>'"), (DROPPING, "drops it")):
+        tok.chat_template = template
+        with pytest.raises(ConfigError) as err:
+            render_prompt(tok, msgs)
+        message = str(err.value)
+        assert "\n" not in message and "'acme/trimming-instruct'" in message and "'<think>\\n'" in message
+        assert "template=base" in message and what in message, message
+    tok.chat_template = TRIMMING
+    assert render_prompt(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>"}])
+    assert render_prompt(tok, [{"role": "user", "content": " hi "}]).endswith("<|im_start|>assistant\n")
+
+
+def test_training_with_a_trimming_template_stops_before_writing(tmp_path, monkeypatch):
+    import aha.train
+    from aha.config import load_config
+    from aha.errors import ConfigError
+
+    real = aha.train.load_policy
+
+    def trimming(*args, **kwargs):
+        policy = real(*args, **kwargs)
+        policy.tokenizer.chat_template = TRIMMING
+        return policy
+
+    monkeypatch.setattr(aha.train, "load_policy", trimming)
+    out = tmp_path / "run"
+    cfg = load_config("smoke", [f"output_dir={out}", "task=arith", "task_options={n_train: 8, n_test: 2}"])
+    with pytest.raises(ConfigError, match="template=base"):
+        aha.train.train(cfg)
+    assert not out.exists()
