@@ -274,7 +274,7 @@ def validate(cfg: Config) -> None:
     if greedy:
         raise ConfigError(f"{greedy} makes sampling greedy: the G completions of every prompt would be identical, "
                           "every group's advantage zero and nothing learned; sample for training "
-                          "(rollout.temperature > 0, rollout.top_k 0 or >= 2, rollout.top_p in (0, 1])")
+                          "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
     if cfg.backend == "jax":
         validate_jax(cfg)
 
@@ -286,7 +286,10 @@ def greedy_setting(rollout: RolloutConfig) -> str | None:
         return "rollout.temperature=0"
     if rollout.top_k == 1:
         return "rollout.top_k=1"
-    if rollout.top_p <= 0:  # the nucleus keeps the most likely token alone
+    # The nucleus keeps the most likely token alone whenever its probability reaches top_p, and over
+    # V tokens that probability is at least 1/V: top_p <= 1/V is greedy at every step. 2**18 bounds
+    # the vocabularies in use (Gemma's 256k), so below 2**-18 that holds for any model.
+    if rollout.top_p <= 2**-18:
         return f"rollout.top_p={rollout.top_p:g}"
     return None
 

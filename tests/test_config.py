@@ -70,6 +70,7 @@ def test_unknown_preset_lists_the_known_ones():
     ("rollout.top_k=1", "rollout.top_k=1"),
     ("rollout.top_p=0", "rollout.top_p=0"),
     ("rollout.top_p=-0.5", "rollout.top_p=-0.5"),
+    ("rollout.top_p=1e-9", "rollout.top_p=1e-09"),  # below 1/V for any vocabulary: one token kept
 ])
 def test_greedy_sampling_is_refused_for_training(override, key):
     """Greedy rollouts make every group's G completions identical: zero advantages, nothing learned."""
@@ -80,7 +81,8 @@ def test_greedy_sampling_is_refused_for_training(override, key):
 
 
 def test_sampling_that_keeps_more_than_one_token_is_accepted():
-    for extra in (["rollout.top_k=2"], ["rollout.temperature=0.1"], ["rollout.top_p=0.05"], ["rollout.top_k=0"]):
+    for extra in (["rollout.top_k=2"], ["rollout.temperature=0.1"], ["rollout.top_p=0.05"], ["rollout.top_k=0"],
+                  ["rollout.top_p=0.0001"]):
         load_config("smoke", extra)
 
 

@@ -92,7 +92,7 @@ def correctness_reward(completion: str, ex: Example) -> float:
 
 
 def int_reward(completion: str, ex: Example) -> float:
-    """1 if the last `<answer>` block holds an integer (optional leading "-"; "18.0" is not)."""
+    """1 if the last `<answer>` block holds an integer (signed or not, by `parse_number`; "18.0" is not)."""
     answer = last_answer(_text(completion, ex))
     got = normalize_number(answer) if answer is not None else None
     return 1.0 if got is not None and "." not in got else 0.0
