@@ -9,24 +9,18 @@ makes "3 steps, resume, 3 steps" identical to "6 steps".
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aha.ckptdir import ADAPTER_FILE, MODEL_FILE, begin, commit, read_meta
 from aha.errors import CheckpointError
 from aha.model import unwrap
+from aha.seeding import resharded_sampling_seed, seed_rngs
 
 STATE_FILE = "trainer_state.pt"
-META_FILE = "meta.json"
-ADAPTER_FILE = "adapter_model.safetensors"
-MODEL_FILE = "model.safetensors"
-_STEP_RE = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,43 +57,6 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
     return commit(run_dir, tmp, step, keep_last)
 
 
-def begin(run_dir: Path, step: int) -> Path:
-    """A fresh temporary directory to write checkpoint `step` into (then `commit` it)."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
-    """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
-    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
-    final = Path(run_dir) / "checkpoints" / f"step-{step}"
-    if final.exists():  # re-saving a step after a resume: replace it whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories (complete or not) ordered by step."""
-    root = Path(run_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_RE.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest(run_dir: Path) -> Path:
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        raise CheckpointError(f"no checkpoint under {Path(run_dir) / 'checkpoints'} to resume from; "
-                              "start without --resume, or pass --resume PATH")
-    return ckpts[-1]
-
-
 def verify(path: Path) -> dict[str, Any]:
     """The checkpoint's meta, or a CheckpointError saying what is wrong with it."""
     path = Path(path)
@@ -113,17 +70,6 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing) or 'its weights'}; "
                               "resume from an earlier one with --resume PATH")
     return meta
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json of a checkpoint directory, or a CheckpointError if the directory is not a whole checkpoint."""
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise CheckpointError(f"checkpoint {path} is incomplete (no valid {META_FILE}); it was not fully written. "
-                              "Resume from an earlier one with --resume PATH") from None
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -172,9 +118,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
 
         warnings.warn(f"checkpoint {path} was written by {len(rngs)} process(es), this run has {world}: "
                       "the sampling RNGs restart from the seed and the step, so the run is not bit-exact")
-        seed = int(state["step"]) * 7919 + rank
-        random.seed(seed)
-        torch.manual_seed(seed)
+        seed_rngs(resharded_sampling_seed(int(state["step"]), rank))
     return state
 
 

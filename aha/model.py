@@ -2,7 +2,7 @@
 `random:<arch>`; then LoRA, QLoRA or full fine-tuning.
 
 With LoRA the reference model for the KL term is the same model with its adapters disabled
-(`reference_logprobs` in train.py), so no second copy of the weights is ever held.
+(`update.policy_update`), so no second copy of the weights is ever held.
 """
 
 from __future__ import annotations
@@ -248,8 +248,7 @@ def load_policy(model_name: str, finetune: str = "lora", lora: LoraConfig | None
     if finetune == "qlora":
         check_qlora_available()
     model, tokenizer = load_base(model_name, dt, quantize_4bit=finetune == "qlora", seed=seed)
-    if tokenizer.pad_token_id is None:  # batched generation needs a pad id; EOS is the usual stand-in
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     if finetune != "qlora":
         model.to(dev)
     if gradient_checkpointing:
@@ -274,6 +273,12 @@ def load_policy(model_name: str, finetune: str = "lora", lora: LoraConfig | None
             torch.manual_seed(seed)  # LoRA's A matrices are random: same seed, same start
             model = get_peft_model(model, peft_cfg)
     return Policy(model=model, tokenizer=tokenizer, device=dev, dtype=dt, finetune=finetune)
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Batched generation needs a pad id; EOS is the usual stand-in when the tokenizer has none."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

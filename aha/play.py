@@ -22,7 +22,6 @@ its own, nothing but answers goes to stdout, and EOF exits 0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -218,58 +217,6 @@ class Conversation:
 
 
 # ---------------------------------------------------------------------------- the command
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from aha.eval_cli import add_model_arguments, add_task_arguments
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("input: gsm8k takes the question as is; countdown takes '3 7 25 50 -> 75' (other text is sent "
-                "raw);\n--raw sends every line without a template.\n\n" + HELP)
-    add_model_arguments(p)
-    add_task_arguments(p, default_task="gsm8k")
-    p.add_argument("--raw", action="store_true", help="no task template: send the text as typed")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
-    p.add_argument("--min-think", type=int, default=0, metavar="N",
-                   help="budget forcing: replace an early </think> with 'Wait' until N thinking tokens")
-    p.add_argument("--max-think", type=int, default=0, metavar="N", help="budget forcing: force </think> at N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jsonl", action="store_true",
-                   help="print one JSON object per answer (question, completion, answer) instead of the text")
-
-
-def run(args: argparse.Namespace) -> int:
-    from aha.errors import ConfigError
-    from aha.eval_cli import build_task, run_config, task_spec
-    from aha.inference import load_trained
-
-    if args.min_think < 0 or args.max_think < 0 or args.max_new_tokens < 1:
-        raise ConfigError("--min-think and --max-think must be >= 0, --max-new-tokens >= 1")
-    if args.max_think and args.min_think > args.max_think:
-        raise ConfigError(f"--min-think {args.min_think} exceeds --max-think {args.max_think}")
-    if not (args.checkpoint or args.adapter or args.model):
-        raise ConfigError("nothing to play with: pass --checkpoint DIR, --adapter DIR or --model NAME")
-    cfg = run_config(args)
-    task = None
-    if not args.raw:
-        name, options = task_spec(args, cfg, default_task="gsm8k")
-        task = build_task(name, options)
-    policy = load_trained(args.checkpoint, args.adapter, args.model, args.device, args.dtype)
-    session = Session(policy.model, policy.tokenizer, task, Settings(
-        args.temperature, args.top_p, args.max_new_tokens, args.min_think, args.max_think, args.seed))
-    interactive = sys.stdin.isatty()
-    if interactive:
-        import readline  # noqa: F401  (line editing and history for input())
-
-        what = f"task {task.name}" if task is not None else "no template"
-        print(f"aha play: {_label(args)}, {what}. /help for commands, Ctrl-D to leave.", file=sys.stderr)
-    return session.loop(interactive, args.jsonl)
-
-
-def _label(args: argparse.Namespace) -> str:
-    return args.checkpoint or args.adapter or args.model
-
 
 class Session:
     """The read-answer loop and its commands."""

@@ -18,7 +18,7 @@ import yaml
 from aha.cli import main
 from aha.errors import CheckpointError
 from aha.eval import evaluate, k_values, majority_index, pass_at_k, summarize, vote_answer
-from aha.inference import load_trained
+from aha.trained import load_trained
 from aha.model import load_policy
 from aha.tasks import Example, get_task
 
