@@ -4,8 +4,9 @@
     aha play --model smollm2-135m --min-think 200         # "Wait" until 200 thinking tokens
     printf 'What is 2+3?\\n' | aha play --model M          # scripted: one answer per input line
 
-Each question goes through the task's prompt template (gsm8k: the question as is; countdown:
-"3 7 25 50 -> 75", anything else is sent raw), so the model sees what it was trained on.
+Each question goes through the task's prompt template (`Task.user_prompt`; gsm8k: the question as
+is; countdown: "3 7 25 50 -> 75", anything else is sent raw), so the model sees what it was
+trained on.
 
 Budget forcing (Muennighoff et al. 2025, "s1: Simple test-time scaling"): thinking tokens are
 the tokens generated before `</think>` (the templates pre-fill `<think>`). With --min-think N an
@@ -23,16 +24,16 @@ its own, nothing but answers goes to stdout, and EOF exits 0.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aha.tasks import Messages, Task, prompt_prefill
+
 THINK_END = "</think>"
 WAIT = "Wait"
 FORCED_END = "\n</think>\n<answer>\n"
-_COUNTDOWN_INPUT = re.compile(r"^\s*((?:-?\d+[\s,]+)*-?\d+)\s*(?:->|=>|=|:)\s*(-?\d+)\s*$")
 
 HELP = """commands:
   /reset          forget the conversation and restore the command-line settings
@@ -163,29 +164,10 @@ def _drop_from(ids: list[int], tokenizer: Any, cut: int) -> list[int]:
 
 # ---------------------------------------------------------------------------- prompts
 
-def make_prompt(task: Any, question: str) -> Any:
-    """The task's prompt for a typed question (raw text when no task or it cannot be parsed)."""
-    if task is None or not callable(getattr(task, "prompt", None)):
-        return question
-    if getattr(task, "name", "") == "countdown":
-        m = _COUNTDOWN_INPUT.match(question)
-        if not m:
-            return question
-        return task.prompt([int(x) for x in re.split(r"[\s,]+", m.group(1).strip())], int(m.group(2)))
-    import inspect
-
-    if len(inspect.signature(task.prompt).parameters) != 1:  # not built from one question: send it raw
-        return question
-    return task.prompt(question)
-
-
-def prefill_of(prompt: Any) -> str:
-    """Assistant text the prompt already starts (shown with the answer so the format reads whole)."""
-    if isinstance(prompt, list):
-        last = prompt[-1] if prompt else {}
-        return str(last.get("content", "")) if last.get("role") == "assistant" else ""
-    _, sep, tail = prompt.rpartition("Assistant:")
-    return tail.lstrip(" ") if sep else ""
+def make_prompt(task: Task | None, question: str) -> str | Messages:
+    """The prompt for a typed question: the task's template around it (`Task.user_prompt`), or the
+    text as typed without a task (--raw)."""
+    return question if task is None else task.user_prompt(question)
 
 
 @dataclass
@@ -257,16 +239,14 @@ class Session:
         fresh = make_prompt(self.task, question)
         prompt = self.history.prompt(fresh) if interactive else fresh
         ids, _ = encode_prompts(self.tokenizer, [prompt])
-        head = prefill_of(prompt)
+        head = prompt_prefill(prompt)  # shown with the answer, so the format reads whole
         stream = None if jsonl else _write
         if stream:
             stream(head)
         completion = generate_forced(self.model, self.tokenizer, ids[0].tolist(), self.settings, self.eos, stream)
         if jsonl:
-            from aha.eval import vote_answer
-
-            print(json.dumps({"question": question, "completion": head + completion,
-                              "answer": vote_answer(head + completion)}), flush=True)
+            answer = (self.task or Task()).final_answer(head + completion)
+            print(json.dumps({"question": question, "completion": head + completion, "answer": answer}), flush=True)
         else:
             _write("\n")
         if interactive:

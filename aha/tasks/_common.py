@@ -1,4 +1,4 @@
-"""Helpers shared by the GSM8K and Countdown tasks: pre-fills, answer extraction, local data files.
+"""Helpers shared by the tasks: pre-fills, answer extraction, local data files.
 
 Everything here runs on model output of any size, so it uses `str.find`/`rfind`/`count` (linear
 time, C speed) instead of regexes with lazy `.*?`, which can take quadratic time on crafted text.
@@ -10,27 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aha.tasks.base import Example
+from aha.tasks.base import Example, prompt_prefill
 
 OPEN, CLOSE = "<answer>", "</answer>"
 
 
 def prefill_of(ex: Example) -> str:
-    """The start of the assistant's turn that the prompt already contains and the model continues.
-
-    Chat prompts: the content of a final "assistant" message (rendered with
-    continue_final_message). Text prompts for base models end with an "Assistant:" turn in the
-    R1-Zero style; the pre-fill is whatever follows the last "Assistant:" (e.g. "<think>\\n").
-    Rewards judge `prefill_of(ex) + completion`, so a completion that continues a pre-filled
-    `<think>` is scored as a whole. Deriving it from the prompt keeps rewards pure functions
-    of (completion, example) with one source of truth.
-    """
-    prompt = ex.prompt
-    if isinstance(prompt, list):
-        last = prompt[-1] if prompt else {}
-        return str(last.get("content", "")) if last.get("role") == "assistant" else ""
-    _, sep, tail = prompt.rpartition("Assistant:")
-    return tail.lstrip(" ") if sep else ""
+    """The pre-fill of the example's prompt (`base.prompt_prefill`). Rewards judge
+    `prefill_of(ex) + completion`, so a completion that continues a pre-filled `<think>` is scored
+    as a whole. Deriving it from the prompt keeps rewards pure functions of (completion, example)
+    with one source of truth."""
+    return prompt_prefill(ex.prompt)
 
 
 def last_answer(text: str) -> str | None:

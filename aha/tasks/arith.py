@@ -82,6 +82,10 @@ class Arith(Task):
                     {"role": "assistant", "content": PREFILL}]
         return f"{self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {PREFILL}"
 
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed question, in the task's template."""
+        return self.prompt(text)
+
     def examples(self, split: str) -> Sequence[Example]:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")

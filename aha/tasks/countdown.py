@@ -73,6 +73,8 @@ def question(nums: list[int], target: int) -> str:
 # ---- rewards: (completion, example) -> raw value in [0, 1] ----
 
 _INTEGERS = re.compile(r"[0-9]+")
+# What `aha play` users type: numbers separated by spaces or commas, an arrow (or = or :), the target.
+_TYPED_PUZZLE = re.compile(r"^\s*((?:-?\d+[\s,]+)*-?\d+)\s*(?:->|=>|=|:)\s*(-?\d+)\s*$")
 
 
 def _answer_check(completion: str, ex: Example) -> tuple[str | None, Fraction | None, list[int]]:
@@ -175,9 +177,13 @@ class Countdown(Task):
             ]
         return f"{BASE_PREAMBLE}\nUser: {question(nums, target)}\nAssistant: {PREFILL}"
 
-    def prefill(self, ex: Example) -> str:
-        """Text the prompt pre-fills in the assistant turn; rewards see prefill + completion."""
-        return prefill_of(ex)
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed puzzle, "3 7 25 50 -> 75" (also "3, 7, 25 = 75" or "... : 75"), in the task's
+        template; other text as is."""
+        m = _TYPED_PUZZLE.match(text)
+        if not m:
+            return text
+        return self.prompt([int(x) for x in re.split(r"[\s,]+", m.group(1).strip())], int(m.group(2)))
 
     def _example(self, split: str, i: int, puzzle: dict) -> Example:
         target = {"nums": list(puzzle["nums"]), "target": puzzle["target"]}

@@ -201,9 +201,9 @@ class GSM8K(Task):
             ]
         return f"{self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {BASE_PREFILL}"
 
-    def prefill(self, ex: Example) -> str:
-        """Text the prompt pre-fills in the assistant turn; rewards see prefill + completion."""
-        return prefill_of(ex)
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed question, in the task's template."""
+        return self.prompt(text)
 
     def examples(self, split: str) -> Sequence[Example]:
         if split not in ("train", "test"):
