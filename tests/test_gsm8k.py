@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,10 +71,11 @@ def test_normalize_number(text: str, want: str | None) -> None:
     assert normalize_number(text) == want
 
 
-def test_normalize_number_huge_is_fast() -> None:
-    start = time.perf_counter()
-    assert normalize_number("9" * 1_000_000) is None
-    assert time.perf_counter() - start < 0.05
+def test_normalize_number_refuses_huge_text_before_parsing_it(monkeypatch) -> None:
+    import aha.tasks.gsm8k as gsm8k
+
+    monkeypatch.setattr(gsm8k, "_NUMBER", None)  # any parsing attempt would raise
+    assert normalize_number("9" * 1_000_000) is None  # the length bound comes first (time: bench/rewards.py)
 
 
 def test_parse_gold() -> None:
