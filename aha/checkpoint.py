@@ -74,7 +74,21 @@ def verify(path: Path) -> dict[str, Any]:
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
          rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNGs; returns the trainer state (step, cursor...)."""
+    """Resume from a torch checkpoint, in place.
+
+    Args:
+        path: a checkpoint directory (`RUN_DIR/checkpoints/step-N`).
+        model, optimizer, scheduler: built from the run's config as for a fresh run; their state
+            is overwritten with the saved one.
+        rank, world: this process under torchrun. Its saved RNG states are restored when the
+            checkpoint was written by `world` processes; otherwise (with a warning) every rank's
+            streams restart from `seeding.resharded_sampling_seed`, and the run is not bit-exact.
+    Returns:
+        The loop state saved with it: {"step", "epoch", "cursor"} (`aha.data.LoopState`).
+    Raises:
+        CheckpointError: a missing, incomplete, corrupt or other backend's checkpoint, or weights
+            that do not fit `model` (LoRA vs full, another architecture).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

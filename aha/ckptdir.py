@@ -20,6 +20,7 @@ from aha.errors import CheckpointError, ConfigError
 
 META_FILE = "meta.json"
 ADAPTER_FILE = "adapter_model.safetensors"  # LoRA adapters, in peft's format (both backends)
+ADAPTER_CONFIG = "adapter_config.json"  # peft's description of them
 MODEL_FILE = "model.safetensors"  # full fine-tuning's weights (torch)
 _STEP_RE = re.compile(r"^step-(\d+)$")
 

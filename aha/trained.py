@@ -28,11 +28,10 @@ from typing import Any
 
 import torch
 
-from aha.ckptdir import ADAPTER_FILE, META_FILE, MODEL_FILE, list_checkpoints
+from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, list_checkpoints
 from aha.errors import CheckpointError, ModelError
 from aha.model import Policy, ensure_pad_token, load_base, resolve_device, resolve_dtype
 
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def read_run_config(path: Path) -> dict[str, Any]:

@@ -19,13 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from aha.ckptdir import ADAPTER_FILE, META_FILE, begin, commit, latest, list_checkpoints, read_meta
+from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, begin, commit, latest, list_checkpoints, read_meta
 from aha.errors import CheckpointError
 from aha.jax import lora as lora_lib
 
 OPT_FILE = "optimizer.npz"
 STATE_FILE = "jax_state.json"
-ADAPTER_CONFIG = "adapter_config.json"
 
 __all__ = ["latest", "list_checkpoints", "load", "save", "verify"]
 

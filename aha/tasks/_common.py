@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aha.tasks.base import Example, prompt_prefill
+from aha.tasks.base import Example, Messages, prompt_prefill
 
 OPEN, CLOSE = "<answer>", "</answer>"
 
@@ -38,6 +38,27 @@ def last_answer(text: str) -> str | None:
         return None
     start += len(OPEN)
     return text[start : text.find(CLOSE, start)]
+
+
+def check_template(template: str) -> None:
+    if template not in ("base", "chat"):
+        raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+
+
+def templated(question: str, template: str, system: str, preamble: str, prefill: str) -> str | Messages:
+    """A question as the model sees it: chat messages (system, user, a pre-filled assistant turn)
+    for instruct models, or the R1-Zero text (preamble, "User: ...", "Assistant: " + pre-fill)
+    for base models. `system` and `preamble` are the two templates' instructions."""
+    if template == "chat":
+        return [{"role": "system", "content": system}, {"role": "user", "content": question},
+                {"role": "assistant", "content": prefill}]
+    return f"{preamble}\nUser: {question}\nAssistant: {prefill}"
+
+
+def check_split(split: str) -> None:
+    """The tasks here have a train and a test split; anything else is a ValueError naming them."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def resolve_path(data: str | Path | dict[str, Any], split: str) -> Path:

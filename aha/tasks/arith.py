@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+from aha.tasks._common import check_split, check_template, templated
 from aha.tasks.base import Example, Messages, Task
 from aha.tasks.gsm8k import REWARDS, correctness_reward, soft_format_reward
 
@@ -68,27 +69,22 @@ class Arith(Task):
 
     def __init__(self, n_train: int = 5000, n_test: int = 200, seed: int = 0, template: str = "chat",
                  system_prompt: str | None = None) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        check_template(template)
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self.template = template
         self.system_prompt = system_prompt
         self._cache: dict[str, list[Example]] = {}
 
     def prompt(self, question: str) -> str | Messages:
-        if self.template == "chat":
-            return [{"role": "system", "content": self.system_prompt or SYSTEM},
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": PREFILL}]
-        return f"{self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {PREFILL}"
+        return templated(question, self.template, self.system_prompt or SYSTEM, self.system_prompt or BASE_PREAMBLE,
+                         PREFILL)
 
     def user_prompt(self, text: str) -> str | Messages:
         """A typed question, in the task's template."""
         return self.prompt(text)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if split not in self._cache:
             train_rng = random.Random(f"arith-train-{self.seed}")
             train = [_draw(train_rng) for _ in range(self.n_train)]

@@ -30,7 +30,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-from aha.tasks._common import CLOSE, OPEN, last_answer, prefill_of, read_rows, resolve_path
+from aha.tasks._common import (CLOSE, OPEN, check_split, check_template, last_answer, prefill_of, read_rows,
+                               resolve_path, templated)
 from aha.tasks._countdown_puzzles import PuzzleOptions, draw_puzzle, generate_puzzles, puzzle_key, solve
 from aha.tasks._safe_eval import safe_eval
 from aha.errors import DataError
@@ -158,8 +159,7 @@ class Countdown(Task):
         shaping: bool = False,
         data: str | Path | dict[str, str | Path] | None = None,
     ) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        check_template(template)
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self.options = PuzzleOptions(min_nums, max_nums, min_num, max_num, min_target, max_target)
         self.template, self.shaping, self.data = template, shaping, data
@@ -169,13 +169,7 @@ class Countdown(Task):
         self._loaded: dict[str, list[dict]] = {}
 
     def prompt(self, nums: list[int], target: int) -> str | Messages:
-        if self.template == "chat":
-            return [
-                {"role": "system", "content": CHAT_SYSTEM},
-                {"role": "user", "content": question(nums, target)},
-                {"role": "assistant", "content": PREFILL},
-            ]
-        return f"{BASE_PREAMBLE}\nUser: {question(nums, target)}\nAssistant: {PREFILL}"
+        return templated(question(nums, target), self.template, CHAT_SYSTEM, BASE_PREAMBLE, PREFILL)
 
     def user_prompt(self, text: str) -> str | Messages:
         """A typed puzzle, "3 7 25 50 -> 75" (also "3, 7, 25 = 75" or "... : 75"), in the task's
@@ -190,8 +184,7 @@ class Countdown(Task):
         return Example(id=f"countdown/{split}/{i}", prompt=self.prompt(target["nums"], target["target"]), target=target)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if self.data is not None:
             return _LazyExamples(len(self._load(split)), partial(self._data_example, split))
         if self._test is None:
