@@ -66,6 +66,10 @@ class AlgoConfig:
 
 @dataclass
 class Config:
+    """Everything a run does, with the defaults below; a preset (configs/NAME.yaml) and `key=value`
+    overrides set fields by their dotted names (`rollout.temperature`). Build one with
+    `load_config`, which validates it; `to_dict()` is what a run saves as config.yaml."""
+
     # --- run ---
     output_dir: str = "runs/default"
     seed: int = 0
@@ -129,6 +133,18 @@ def preset_path(name_or_path: str) -> Path:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """The configuration of a run: the defaults, then the preset, then the overrides, validated.
+
+    Args:
+        preset: a preset name (`smoke`: configs/smoke.yaml), a YAML path, or None for the defaults.
+        overrides: `key=value` strings; the value is read as YAML (`lr=1e-5`, `lora.target_modules=[q_proj]`)
+            and nested keys are dotted (`rollout.temperature=0.9`).
+    Returns:
+        A validated `Config`.
+    Raises:
+        ConfigError: an unknown preset, invalid YAML, an unknown key or a value of the wrong type
+            (the message names the key), or a value `validate` refuses.
+    """
     cfg = Config()
     if preset is not None:
         path = preset_path(preset)
@@ -251,6 +267,9 @@ _CHOICES = {
 
 
 def validate(cfg: Config) -> None:
+    """Check values that types alone cannot: choices (engine, loss_agg, ...), ranges (counts >= 1,
+    rates >= 0, top_p in (0, 1]), at least 2 generations per group, and what backend=jax supports.
+    Returns None; raises ConfigError naming the key and the allowed values."""
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -324,10 +343,6 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def dump_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
 # ---- resuming: what may differ between a checkpoint's config and the current one ----
 
 # Changing these makes the saved weights or optimizer state mean something else (or not fit):
@@ -338,7 +353,7 @@ RESUME_REFUSED = ("backend", "model", "finetune", "lora.r", "lora.alpha", "lora.
 # saves, how the work is batched or which engine samples (the same distribution).
 RESUME_IGNORED = ("output_dir", "device", "tensorboard", "log_completions_every", "probe_every", "eval_every",
                   "eval_limit", "save_every", "keep_last", "micro_batch_tokens", "logprob_chunk", "rollout.batch_size",
-                  "rollout.engine", "gradient_checkpointing", "deterministic")
+                  "rollout.engine", "gradient_checkpointing", "deterministic", "warn_no_signal_steps")
 _OPAQUE = ("task_options",)  # compared as one value: its keys are the task's, absent means default
 
 

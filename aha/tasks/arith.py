@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+from aha.tasks._common import check_split, check_template, templated
 from aha.tasks.base import Example, Messages, Task
 from aha.tasks.gsm8k import REWARDS, correctness_reward, lenient_correct, soft_format_reward
 
@@ -114,8 +115,7 @@ class Arith(Task):
     def __init__(self, n_train: int = 5000, n_test: int = 200, seed: int = 0, template: str = "chat",
                  system_prompt: str | None = None, problems: str = "word", prompt_style: str = "placeholder",
                  max_operand: int = 20, ops: str = "+-", weights: dict[str, float] | None = None) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        check_template(template)
         if problems not in ("word", "sums"):
             raise ValueError(f"problems must be 'word' or 'sums', got {problems!r}")
         if prompt_style not in ("placeholder", "example"):
@@ -136,15 +136,19 @@ class Arith(Task):
         self._cache: dict[str, list[Example]] = {}
 
     def prompt(self, question: str, system: str | None = None) -> str | Messages:
-        if self.template == "chat":
-            return [{"role": "system", "content": system or self.system_prompt or SYSTEM},
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": PREFILL}]
-        return f"{system or self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {PREFILL}"
+        """A question in the task's template; `system` replaces the instructions (the worked example)."""
+        return templated(question, self.template, system or self.system_prompt or SYSTEM,
+                         system or self.system_prompt or BASE_PREAMBLE, PREFILL)
+
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed question, in the task's template (with a worked example when training had one)."""
+        if self.prompt_style == "example":
+            op = "-" if "-" in text else "+"
+            return self.prompt(text, _example_system(random.Random(text), op, -1, self.max_operand))
+        return self.prompt(text)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if split not in self._cache:
             make = self._sums if self.problems == "sums" else self._words
             self._cache[split] = [Example(id=f"arith/{split}/{i}", prompt=p, target=a)
