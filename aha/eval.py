@@ -62,7 +62,9 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
     """Metrics and per-completion rows from `samples` completions per example (adjacent in `texts`)."""
     n, K = len(examples), samples
     correct = [bool(task.is_correct(t, examples[i // K])) for i, t in enumerate(texts)]
-    lenient = [bool(task.is_correct_lenient(t, examples[i // K])) for i, t in enumerate(texts)]
+    # A task that does not subclass Task may lack the lenient grader: it then grades as is_correct.
+    grade_lenient = getattr(task, "is_correct_lenient", task.is_correct)
+    lenient = [bool(grade_lenient(t, examples[i // K])) for i, t in enumerate(texts)]
     formatted = [bool(task.is_formatted(t, examples[i // K])) for i, t in enumerate(texts)]
     total = max(len(texts), 1)
     from aha.log import reflection_rate
