@@ -172,7 +172,7 @@ def format_table(record: dict[str, Any], label: str) -> str:
                 else f"{record['samples']} sample(s) at temperature {record['temperature']:g}")
     head = (f"aha eval: {label} on {record['task']}/{record['split']}, {record['n']} examples, {sampling}, "
             f"max_new_tokens {record['max_new_tokens']}, {record['eval_time']:.1f} s")
-    keys = ["accuracy"] + [k for k in record if k.startswith(("pass@", "maj@"))]
+    keys = ["accuracy", "accuracy_lenient"] + [k for k in record if k.startswith(("pass@", "maj@"))]
     keys += ["format_rate", "completion_len", "reflection_rate", "truncated_rate"]
     width = max(len(k) for k in keys)
     lines = [head, f"  {'metric'.ljust(width)}  value", f"  {'-' * width}  -------"]
