@@ -36,7 +36,7 @@ LIMIT_BYTES = 64 * 2**20  # what the device tool carries per call: the working t
 WHEELS = {
     "bitsandbytes": "0.50.2",  # QLoRA's 4-bit kernels; ships libbitsandbytes_cuda130 for torch 2.11+cu130
     "trl": "1.16.0",  # GRPOTrainer, the baseline of bench/step.py (pyproject: trl>=1.16,<2)
-    "datasets": "5.2.0",  # trl needs >= 4.7; also aha's GSM8K hub loader
+    "datasets": "5.0.1",  # trl needs >= 4.7; pyarrow >= 21 like trl (5.2 wants 24); aha's GSM8K hub loader
     "dill": "0.4.1",  # datasets needs <0.4.2
     "multiprocess": "0.70.19",  # datasets needs <0.70.20
     "gguf": "0.19.0",  # aha's dependency (the GGUF path of the bundled model)
@@ -46,7 +46,7 @@ NEVER = {"torch", "jax", "jaxlib", "triton", "numpy"}  # the machine's own build
 # The machine's packages that these wheels' requirements name (its image's package list, read 2026-11;
 # versions there mostly unknown: bench/gpu_check.py checks the version ranges on the machine itself).
 ON_MACHINE = {
-    "accelerate", "filelock", "fsspec", "huggingface-hub", "jinja2", "numpy", "packaging", "pandas", "psutil",
+    "accelerate", "aiohttp", "filelock", "fsspec", "httpx", "huggingface-hub", "jinja2", "numpy", "packaging", "pandas", "psutil",
     "pyarrow", "pyyaml", "requests", "torch", "tqdm", "transformers", "xxhash",
 }
 

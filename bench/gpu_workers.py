@@ -105,9 +105,12 @@ def worker_env(args: argparse.Namespace) -> dict[str, Any]:
         p = torch.cuda.get_device_properties(0)
         info.update(device_name=p.name, device_memory_bytes=p.total_memory, capability=f"{p.major}.{p.minor}",
                     multiprocessors=p.multi_processor_count, device_count=torch.cuda.device_count())
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,"
+                                  "clocks.max.mem", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+            info["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            info["nvidia_smi"] = f"{type(e).__name__}: {e}"
     info["unmet_requirements"] = unmet_requirements(Path(args.site) if args.site else None)
     info["aha_pins_not_met_here"] = pin_mismatches()
     jax = subprocess.run([sys.executable, "-c", "import jax, json; print(json.dumps({'version': jax.__version__, "
