@@ -2,7 +2,7 @@
 against its own eager decode, sampling replayed at a seed, chunked log-probs in bf16 against a float32
 reference (and their memory), QLoRA's 4-bit load and update, two training steps and an exact resume.
 
-Marked `cuda`: the default run deselects them (pyproject's `-m "not cuda"`; CI has no GPU) and
+Marked `cuda`: any run whose -m does not name them deselects them (tests/conftest.py; CI has no GPU) and
 `bench/gpu_check.py` runs them on the GPU with `pytest -m cuda`. So that they cannot rot between GPU
 runs, its `--dry-run` (run by tests/test_gpu_check.py) runs them on the CPU with AHA_TEST_DEVICE=cpu:
 tiny models, eager or dynamo-only compilation; only the 4-bit assertions then say "needs CUDA".
