@@ -6,13 +6,11 @@ goals measured in at most 8 minutes, into one JSON, one log and the markdown for
     python bench/gpu_check.py --out DIR --only preset:tpu-v3-8,preset:tpu-v2-8    # what an earlier call skipped
     python bench/gpu_check.py --render A.json B.json                  # the markdown again, from one or more calls
 
-Sections, in priority order; each runs in subprocesses with its own timeout (one failing or hanging
-does not stop the next) and records its status, seconds, peak memory and figures:
-
+Sections, in priority order, each in subprocesses with its own timeout (one failing or hanging does not
+stop the next), each recording its status, seconds, peak memory and figures:
   env         installs .gpu-wheels/ offline (bench/gpu_wheels.py) into a folder of its own; GPU, driver,
               versions, the wheels' requirements met here, aha's pins this machine falls outside of
-  prepare     random weights of each architecture needed, drawn on the GPU and saved once (in /dev/shm),
-              so no section spends a minute drawing 3 billion random numbers; meanwhile:
+  prepare     random weights of each architecture, drawn on the GPU, saved once (/dev/shm); meanwhile:
   cuda_tests  `pytest -m cuda` (tests/test_cuda.py, 4 processes with pytest-xdist where installed)
   rollout     bench/rollout.py: random Qwen2.5-3B, 16 prompts x G=8 x 512 new tokens, bf16 - native vs HF
               tokens/s and the fraction of the memory-bandwidth floor (H200: 4.8 TB/s)
@@ -27,11 +25,11 @@ GPU, which the JSON and the table say). Gsm8k presets train on task=arith: the m
 for the GSM8K download, and a random model's byte tokenizer spends a token per byte, so arith's
 ~265-byte prompts are closer to GSM8K's ~160-200 real tokens than GSM8K's own ~640 bytes would be.
 
-Time: a global --budget (450 s on a GPU, 180 s dry); a section that would start with less than its
-minimum left is recorded "skipped: time budget" and `--only` runs it in a later call. The JSON and the
-markdown are rewritten after every section, so a call cut short still returns what it measured.
---dry-run: tiny random models of the same families, a few tokens, the CPU; `finetune: qlora` becomes
-lora and the 4-bit test says "needs CUDA"; it is what tests/test_gpu_check.py runs.
+Time: a global --budget (450 s on a GPU, 180 s dry); a section with less than its minimum left is
+recorded "skipped: time budget" (one still running at the end is cut), and `--only` runs it in a later
+call. The JSON and markdown are rewritten after every section: a call cut short returns what it measured.
+--dry-run (run by tests/test_gpu_check.py): tiny random models of the same families, a few tokens, the
+CPU; `finetune: qlora` becomes lora and the 4-bit test says "needs CUDA".
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -59,7 +56,8 @@ import yaml
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from gpu_wheels import install_command  # noqa: E402
+from gpu_report import flat_sections, markdown, merge, parse_junit  # noqa: E402
+from gpu_wheels import install_offline  # noqa: E402
 
 WORKERS = str(BENCH / "gpu_workers.py")
 ARCH_OF = {"Qwen/Qwen2.5-3B": "qwen2.5-3b", "google/gemma-2-2b": "gemma2-2b"}  # a preset's model -> random arch
@@ -88,6 +86,7 @@ class Job:
     proc: subprocess.Popen | None = None
     start: float = 0.0
     deadline: float = 0.0
+    cut_by_budget: bool = False  # its deadline is the budget's end, not its own timeout
     log: Path = Path()
     with_: set[str] = field(default_factory=set)  # jobs that ran at the same time
 
@@ -150,6 +149,7 @@ class Check:
                     continue
                 if running and sum(j.gib for j in running) + job.gib > cap_gib:
                     break
+                job.cut_by_budget = self.left() < timeout
                 self.start(job, min(timeout, self.left()))
                 for other in running:
                     other.with_.add(job.name)
@@ -191,7 +191,9 @@ class Check:
             if job.proc.returncode == 0:
                 rec["status"] = f"failed: could not read its output ({type(e).__name__}: {e})"
         if timed_out:
-            rec["status"] = f"timeout after {seconds:.0f}s"
+            rec["status"] = f"timeout after {seconds:.0f}s" + (" (the time budget's end)" if job.cut_by_budget else "")
+            if job.cut_by_budget:
+                rec["rerun"] = f"--only {job.name}"
         elif job.proc.returncode != 0:
             rec["status"] = f"failed (exit {job.proc.returncode})"
         elif rec.get("result", {}).get("failed"):
@@ -244,22 +246,13 @@ class Check:
         return 1 if bad else 0
 
     def section_env(self) -> None:
-        t0 = time.monotonic()
-        wheels = sorted(Path(self.args.wheels).glob("*.whl")) if self.args.wheels else []
-        install: dict[str, Any] = {"wheels": [w.name for w in wheels]}
-        if not wheels and not self.dry:
+        install = install_offline(Path(self.args.wheels), self.site) if self.args.wheels else {"wheels": []}
+        if not install["wheels"] and not self.dry:
             install["note"] = "no wheel folder: QLoRA (bitsandbytes) and the TRL baseline will fail; bench/gpu_wheels.py"
-        if wheels and sys.version_info[:2] != (3, 12):  # bench/gpu_wheels.py fetches the GPU machine's
-            install["skipped"] = f"the wheels are for Python 3.12, this is {sys.version.split()[0]}"
-            wheels = []
-        if wheels:
-            cmd = install_command(self.args.wheels, self.site, sys.executable)
-            self.say("install: " + shlex.join(cmd[:-len(wheels)]) + f" {self.args.wheels}/*.whl")
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            install.update(rc=r.returncode, seconds=round(time.monotonic() - t0, 1), output=(r.stdout + r.stderr)[-2000:])
-            if r.returncode == 0:  # after REPO on the path: the wheels shadow nothing of the machine's
-                sys.path.insert(1, str(self.site))
-                self.env["PYTHONPATH"] += os.pathsep + str(self.site)
+        self.say(f"install: {install}"[:300])
+        if install.get("rc") == 0:  # after REPO on the path: the wheels shadow nothing of the machine's
+            sys.path.insert(1, str(self.site))
+            self.env["PYTHONPATH"] += os.pathsep + str(self.site)
         failed = {"failed": f"installing the wheels exited {install['rc']}"} if install.get("rc") else {}
         job = Job("env", [sys.executable, WORKERS, "env", "--dest", "{dest}", "--site", str(self.site)], "env",
                   parse=lambda j: {**json.loads(j.dest.read_text()), "install": install, **failed})
@@ -275,9 +268,9 @@ class Check:
                     self.models[arch] = res["models"][name]["path"]
             return res
 
-        device, dtype = ("cpu", "float32") if self.dry else ("cuda", "bfloat16")
+        # Saved in bf16 either way (a section casts to its own dtype): the dry run reads the GPU's files' format.
         return Job("prepare", [sys.executable, WORKERS, "prepare", "--dest", "{dest}", "--root", str(self.models_root),
-                               "--device", device, "--dtype", dtype, *names], "prepare", parse)
+                               "--device", "cpu" if self.dry else "cuda", "--dtype", "bfloat16", *names], "prepare", parse)
 
     def model(self, arch: str) -> str:
         """The saved random checkpoint of `arch`, or `random:<arch>` (slower) if prepare did not make it."""
@@ -349,7 +342,7 @@ class Check:
             self.run_jobs([self.step_job(False)])
             rec = self.result["sections"]["step"]
             rec.setdefault("result", {})["trl"] = "failed with TRL: " + trl_failure[-1500:]
-            self.save()
+        self.save()
 
     def job_preset(self, preset: str) -> Job:
         cfg = yaml.safe_load((REPO / "configs" / f"{preset}.yaml").read_text()) or {}
@@ -375,120 +368,6 @@ class Check:
                     "arch": f"{TINY.get(arch)} for {arch}" if self.dry else arch}
 
         return Job(f"preset:{preset}", cmd, "preset-jax" if jax else "preset", parse, gib=PRESET_GIB.get(preset, 30))
-
-
-def parse_junit(path: Path) -> dict[str, Any]:
-    tests = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            el = case.find(tag)
-            if el is not None:
-                outcome, message = ("failed" if tag != "skipped" else "skipped"), (el.get("message") or "")[:400]
-        tests.append({"name": case.get("name"), "outcome": outcome, "seconds": float(case.get("time") or 0),
-                      **({"message": message} if message else {})})
-    counts = {o: sum(t["outcome"] == o for t in tests) for o in ("passed", "failed", "skipped")}
-    return {**counts, "tests": tests}
-
-
-# ---------------------------------------------------------------------------- the markdown
-
-def flat_sections(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for name, rec in result["sections"].items():
-        if name == "presets":
-            out += [(f"preset:{p}", r) for p, r in rec.items()]
-        else:
-            out.append((name, rec))
-    return out
-
-
-def gib(n: Any) -> str:
-    return f"{n / 2**30:.2f} GiB" if isinstance(n, (int, float)) else "-"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """BENCHMARKS.md's GPU section from the JSON of one call (or of several, merged by --render)."""
-    s = result["sections"]
-    get = lambda name: s.get(name, {}).get("result") or {}  # noqa: E731
-    env = get("env")
-    versions = env.get("versions", {})
-    device = env.get("device_name") or "no GPU (dry run on the CPU: the layout, not figures)"
-    lines = [f"### {device}" + (f", {gib(env['device_memory_bytes'])}" if env.get("device_memory_bytes") else ""),
-             "",
-             f"{result['check'].get('started', '')}: `{result['check'].get('command', '')}`, "
-             f"{result['check'].get('wall_s', '?')} s. torch {versions.get('torch')}, transformers "
-             f"{versions.get('transformers')}, peft {versions.get('peft')}, bitsandbytes {versions.get('bitsandbytes')}, "
-             f"TRL {versions.get('trl')}, JAX {versions.get('jax')}; driver {env.get('nvidia_smi', '-')}.", "",
-             "| section | status | seconds | peak memory |", "|---|---|---|---|"]
-    for name, rec in flat_sections(result):
-        mem = (rec.get("result") or {}).get("memory", {}).get("peak_bytes")
-        lines.append(f"| {name} | {rec['status']} | {rec.get('seconds', '-')} | {gib(mem)} |")
-    tests = get("cuda_tests")
-    if tests:
-        failed = [t["name"] for t in tests["tests"] if t["outcome"] != "passed"]
-        lines += ["", f"CUDA tests (`pytest -m cuda`): {tests['passed']} passed, {tests['failed']} failed, "
-                      f"{tests['skipped']} skipped" + (f" ({', '.join(failed)})" if failed else "") + "."]
-    ro = get("rollout")
-    if ro.get("engines"):
-        lines += ["", f"Rollout (`bench/rollout.py`, {ro['model'].split('/')[-1]}, {ro['dtype']}, {ro['prompts']} prompts "
-                      f"x G={ro['group']}, {ro['new_tokens']} new tokens, prompts {ro['prompt_tokens']['min']}-"
-                      f"{ro['prompt_tokens']['max']} tokens; goal: native >= 8x HF and >= 50% of the floor):", "",
-                  "| engine | tokens/s | vs HF | of the bandwidth floor |", "|---|---|---|---|"]
-        frac = ro.get("fraction_of_floor")
-        for name, e in ro["engines"].items():
-            f = f"{frac[name]:.1%}" if isinstance(frac, dict) else "needs CUDA"
-            lines.append(f"| {name} | {e['tokens_per_s']:.0f} | {ro['ratio_vs_hf'][name]:.2f}x | {f} |")
-    st = get("step")
-    if isinstance(st.get("aha"), dict):
-        lines += ["", f"GRPO step (`bench/step.py -c rtx5090`: {st['model'].split('/')[-1]}, {st['finetune']} "
-                      f"r64, {st['prompts_per_step']} prompts x G={st['num_generations']}, {st['max_new_tokens']} tokens, "
-                      f"engine {st['engine']}; goals: >= 4x TRL, <= 8 GB):", "",
-                  "| | step | generation | update | peak memory |", "|---|---|---|---|---|"]
-        for side in ("aha", "trl"):
-            v = st.get(side)
-            if isinstance(v, dict):
-                label = "aha" if side == "aha" else f"TRL {v.get('version', '')}"
-                lines.append(f"| {label} | {v['step_time']:.2f} s | {v['gen_time']:.2f} s | {v['update_time']:.2f} s | "
-                             f"{gib(v['peak_mem_bytes'])} |")
-            elif v:
-                lines.append(f"| {side} | {str(v)[:120]} | | | |")
-        if "ratio_vs_trl" in st:
-            lines.append(f"| TRL / aha | **{st['ratio_vs_trl']:.2f}x** | {st['ratio_by_phase']['gen']:.2f}x | "
-                         f"{st['ratio_by_phase']['update']:.2f}x | {st['peak_mem_ratio_vs_trl']:.2f}x |")
-    presets = {p: r for p, r in s.get("presets", {}).items() if r.get("result", {}).get("steps")}
-    if presets:
-        lines += ["", "Presets (2 steps of `aha train`, random weights of the preset's architecture):", "",
-                  "| preset | model | finetune | rows x new tokens | prompt tokens | step 1 | step 2 | peak memory | notes |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for p, rec in presets.items():
-            r = rec["result"]
-            times = [f"{x['step_time']:.1f} s" for x in r["steps"]] + ["-", "-"]
-            mem = r["memory"]
-            peak = gib(mem.get("peak_bytes")) + (f" ({gib(mem['peak_reserved_bytes'])} reserved)"
-                                                  if mem.get("peak_reserved_bytes") else "")
-            notes = list(r.get("notes", [])) + (["shared the GPU with " + ", ".join(rec["ran_with"])]
-                                                 if rec.get("ran_with") else [])
-            lines.append(f"| {p} | {r.get('arch') or r['model']} ({r['backend']}) | {r['finetune']} r{r['lora_r']} | "
-                         f"{r['rows']} x {r['max_new_tokens']} | {r['prompt_tokens']['mean']:.0f} | {times[0]} | "
-                         f"{times[1]} | {peak} | {'; '.join(notes)} |")
-    return "\n".join(lines) + "\n"
-
-
-def merge(paths: list[str]) -> dict[str, Any]:
-    """Several calls' JSONs as one: a later call's section replaces an earlier one unless it was skipped."""
-    merged: dict[str, Any] = {"check": {}, "sections": {}}
-    for path in paths:
-        res = json.loads(Path(path).read_text())
-        merged["check"] = merged["check"] or res["check"]
-        for name, rec in flat_sections(res):
-            old = dict(flat_sections(merged)).get(name)
-            if old is None or not rec["status"].startswith("skipped"):
-                if name.startswith("preset:"):
-                    merged["sections"].setdefault("presets", {})[name.split(":", 1)[1]] = rec
-                else:
-                    merged["sections"][name] = rec
-    return merged
 
 
 def main(argv: list[str] | None = None) -> int:

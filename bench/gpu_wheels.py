@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 import zipfile
 from email.parser import Parser
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEST = REPO / ".gpu-wheels"
@@ -62,6 +64,20 @@ def install_command(wheel_dir: Path | str, site: Path | str, python: str = "pyth
     wheels = sorted(str(p) for p in Path(wheel_dir).glob("*.whl"))
     return [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--disable-pip-version-check",
             "--target", str(site), *wheels]
+
+
+def install_offline(wheel_dir: Path, site: Path, python: str = sys.executable) -> dict[str, Any]:
+    """Run the install line (what bench/gpu_check.py starts with); skipped on a Python other than the 3.12 the
+    wheels are for (a dry run elsewhere). -> {wheels, rc, seconds, output} or {wheels, skipped}."""
+    wheels = sorted(p.name for p in wheel_dir.glob("*.whl"))
+    out: dict[str, Any] = {"wheels": wheels}
+    if wheels and sys.version_info[:2] != (3, 12):
+        out["skipped"] = f"the wheels are for Python 3.12, this is {sys.version.split()[0]}"
+    elif wheels:
+        t0 = time.monotonic()
+        r = subprocess.run(install_command(wheel_dir, site, python), capture_output=True, text=True, timeout=300)
+        out.update(rc=r.returncode, seconds=round(time.monotonic() - t0, 1), output=(r.stdout + r.stderr)[-2000:])
+    return out
 
 
 def canonical(name: str) -> str:

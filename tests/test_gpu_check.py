@@ -26,6 +26,7 @@ def load(name: str):
 
 
 gpu_check = load("gpu_check")
+gpu_report = load("gpu_report")
 gpu_wheels = load("gpu_wheels")
 
 
@@ -40,7 +41,7 @@ def test_dry_run_runs_every_section_and_writes_json_log_and_table(tmp_path: Path
     s = result["sections"]
     assert set(s) == {"env", "prepare", "cuda_tests", "rollout", "step", "presets"}
     assert set(s["presets"]) == set(gpu_check.gpu_presets())
-    statuses = {name: rec["status"] for name, rec in gpu_check.flat_sections(result)}
+    statuses = {name: rec["status"] for name, rec in gpu_report.flat_sections(result)}
     assert set(statuses.values()) == {"ok"}, statuses
     assert s["env"]["result"]["versions"]["torch"] and s["env"]["result"]["cuda_available"] is False
     tests = s["cuda_tests"]["result"]
@@ -89,7 +90,7 @@ def test_jobs_time_out_skip_when_the_budget_is_spent_and_say_what_ran_together(t
     check.run_jobs([sleeper("step", 0.1, kind="step")])  # needs 20 s left: skipped
     s = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
     assert s["presets"]["a"]["status"] == "ok" and s["presets"]["a"]["ran_with"] == ["preset:b"]
-    assert s["presets"]["b"]["status"].startswith("timeout")
+    assert s["presets"]["b"]["status"] == "timeout after 2s"  # its own timeout, not the budget's end
     assert s["step"]["status"] == "skipped: time budget" and s["step"]["rerun"] == "--only step"
 
 
@@ -131,12 +132,12 @@ GPU_RESULT = {
 
 
 def test_markdown_table_for_benchmarks_md():
-    md = gpu_check.markdown(GPU_RESULT)
+    md = gpu_report.markdown(GPU_RESULT)
     assert md.startswith("### NVIDIA H200, 150.00 GiB")
     assert "| native | 9500 | 9.50x | 55.0% |" in md
     assert "| TRL / aha | **4.20x** | 8.00x | 2.00x | 1.50x |" in md and "| aha | 5.00 s |" in md
     assert "| a100-h100 | qwen2.5-3b (torch) | lora r64 | 128 x 768 | 265 | 30.0 s | 25.0 s | 30.00 GiB (33.00 GiB " \
-           "reserved) | task arith (no network); shared the GPU with preset:rtx5090 |" in md
+           "reserved) | task arith (no network); ran alongside preset:rtx5090 |" in md
     assert "| preset:tpu-v2-8 | skipped: time budget | 0.0 | - |" in md
 
 
@@ -148,7 +149,7 @@ def test_render_merges_a_second_call_over_what_the_first_skipped(tmp_path: Path)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(GPU_RESULT))
     b.write_text(json.dumps(second))
-    merged = gpu_check.merge([str(a), str(b)])
+    merged = gpu_report.merge([str(a), str(b)])
     assert merged["sections"]["presets"]["tpu-v2-8"]["status"] == "ok"
     assert merged["sections"]["rollout"]["status"] == "ok"  # the skip did not replace the measurement
     assert merged["check"]["command"] == GPU_RESULT["check"]["command"]
