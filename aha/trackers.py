@@ -166,7 +166,14 @@ class WandbTracker(_RunTracker):
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "aha"), name=run_dir.name, dir=str(run_dir),
                               config=config, id=run_id, resume="allow" if run_id else None)
         self.table = wandb.Table
+        self.teardown = wandb.teardown
         id_file.write_text(self.run.id)
+
+    def close(self) -> None:
+        self.run.finish()
+        # W&B's service process writes the run's files asynchronously; shutting it down waits until
+        # they are complete, so the run directory is whole when train() returns.
+        self.teardown()
 
 
 class TrackioTracker(_RunTracker):
