@@ -258,7 +258,7 @@ def _dequantized_qlora(src: Source, model: str | None) -> tuple[Any, Any]:
 
     base, tokenizer = load_base(model or src.base, torch.bfloat16, quantize_4bit=True,
                                 seed=int(src.config.get("seed", 0)))
-    base = base.dequantize().to("cpu", torch.float32)
+    base = base.dequantize(dtype=torch.float32).to("cpu")  # NF4 -> float32 values; drops quantization_config
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return PeftModel.from_pretrained(base, str(src.path)), tokenizer

@@ -187,3 +187,33 @@ def test_full_finetune_exports_its_weights_and_refuses_adapter_only(tmp_path, ca
     saved = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step-1").state_dict()
     assert all(torch.equal(exported[k], saved[k]) for k in saved)
     assert "all weights (float32)" in (tmp_path / "m" / "README.md").read_text()
+
+
+def test_qlora_with_cuda_merges_into_the_dequantized_4bit_base(smoke_run, tmp_path, monkeypatch, capsys):
+    """The CUDA + bitsandbytes branch, with the 4-bit load stood in for (no GPU here): the base comes
+    from load_base(quantize_4bit=True), is de-quantised, and takes the adapter."""
+    import aha.export
+    import aha.model
+    from transformers import AutoModelForCausalLM
+
+    ckpt = tmp_path / "qlora-run" / "checkpoints" / "step-3"
+    shutil.copytree(smoke_run / "checkpoints" / "step-3", ckpt)
+    cfg = ckpt / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("finetune: lora", "finetune: qlora"))
+    real, asked = aha.model.load_base, []
+
+    def load_4bit(name, dtype, quantize_4bit=False, seed=0):
+        asked.append(quantize_4bit)
+        model, tok = real(name, torch.float32, seed=seed)
+        model.dequantize = lambda dtype=None: model.to(dtype)  # stands in for bitsandbytes' NF4 -> float
+        return model, tok
+
+    monkeypatch.setattr(aha.export, "_can_dequantize", lambda: True)
+    monkeypatch.setattr(aha.model, "load_base", load_4bit)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "q")]) == 0
+    assert asked == [True] and "de-quantised 4-bit (NF4) base" in capsys.readouterr().err
+    assert "de-quantised 4-bit (NF4) base" in (tmp_path / "q" / "README.md").read_text()
+    monkeypatch.setattr(aha.model, "load_base", real)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "q").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(_export(smoke_run, tmp_path / "lora")).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
