@@ -166,7 +166,7 @@ def write_merged(src: Source, out: Path, dtype: str, model: str | None) -> dict[
         net = net.merge_and_unload()
         notes["how"] = f"LoRA merged into {model or src.base}, {_dtype_name(target)}"
     net = net.to(target)
-    net.generation_config = neutral_generation_config(tokenizer, net)
+    net.generation_config = export_generation_config(tokenizer, net)
     net.save_pretrained(out)
     tokenizer.save_pretrained(out)
     notes["dtype"] = _dtype_name(target)
@@ -191,7 +191,7 @@ def write_adapter(src: Source, out: Path, model: str | None) -> dict[str, str]:
     return notes
 
 
-def neutral_generation_config(tokenizer: Any, model: Any) -> Any:
+def export_generation_config(tokenizer: Any, model: Any) -> Any:
     """A GenerationConfig with only bos/eos/pad ids: greedy by default, no sampling settings. The
     eos ids are every id aha stops at (tokenizer EOS and the model's own end-of-turn ids)."""
     from transformers import GenerationConfig

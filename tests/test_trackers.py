@@ -198,3 +198,10 @@ def test_trackio_tracker_calls(tmp_path, monkeypatch):
                                  "config": {"lr": 1e-3, "rollout": {"num_generations": 4}}})
     assert calls[1] == ("log", 1, {"reward": 0.5, "epoch": 0})
     assert calls[2][0] == "log" and calls[2][2]["completions"][0] == "Table" and calls[-1] == ("finish",)
+
+
+def test_changing_trackers_on_resume_is_not_a_change_of_the_run():
+    from aha.config import Config, resume_diff
+
+    saved, now = Config().to_dict(), Config(report_to=["wandb"], report_table_every=1, tensorboard=False).to_dict()
+    assert resume_diff(saved, now) == ([], [])
