@@ -35,6 +35,8 @@ from typing import Any
 from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE
 from aha.errors import CheckpointError, ConfigError
 
+# The file names of aha.checkpoint / aha.inference, repeated so that `aha --help` (which imports
+# this module to build its parser) does not import torch.
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 META_FILE = "meta.json"
