@@ -35,11 +35,6 @@ from typing import Any
 from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE
 from aha.errors import CheckpointError, ConfigError
 
-# The file names of aha.checkpoint / aha.inference, repeated so that `aha --help` (which imports
-# this module to build its parser) does not import torch.
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_FILE = "adapter_model.safetensors"
-META_FILE = "meta.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -256,13 +251,12 @@ def _dequantized_qlora(src: Source, model: str | None) -> tuple[Any, Any]:
     import torch
     from peft import PeftModel
 
-    from aha.model import load_base
+    from aha.model import ensure_pad_token, load_base
 
     base, tokenizer = load_base(model or src.base, torch.bfloat16, quantize_4bit=True,
                                 seed=int(src.config.get("seed", 0)))
     base = base.dequantize(dtype=torch.float32).to("cpu")  # NF4 -> float32 values; drops quantization_config
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     return PeftModel.from_pretrained(base, str(src.path)), tokenizer
 
 

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # One GRPO step, up close
 #
-# This notebook takes one step of aha's training loop (`train()` in `aha/train.py`) apart, on the
+# This notebook takes one step of aha's training loop (`grpo_step` in `aha/train.py`) apart, on the
 # bundled SmolLM2-135M-Instruct, on a CPU, offline, in well under a minute. Each cell calls the
 # function the trainer calls - nothing is re-implemented here - with the trainer's shapes and
 # the `cpu-demo` preset's settings, made small (G = 4 completions of at most 24 tokens).
@@ -55,8 +55,9 @@ print(f"{cfg.model}: {n_all / 1e6:.0f}M parameters, {n_train / 1e6:.2f}M trainab
 # ## The prompt
 #
 # A task hands the trainer `Example`s: an id, a prompt, and a target that only the task's reward
-# functions read. The `arith` task asks short word problems in a chat template, with the
-# assistant's turn **pre-filled** with `<think>\n`: the model continues from inside the format.
+# functions read. The `arith` task, as the `cpu-demo` preset sets it up, asks small sums in a chat
+# template with one worked example in the system message, and **pre-fills** the assistant's turn
+# with `<think>\n`: the model continues from inside the format.
 
 # %%
 ex = task.examples("train")[0]
@@ -162,7 +163,7 @@ print(f"loss {loss.item():.4f} (aggregation {cfg.algo.loss_agg!r}), clipped frac
 # %% [markdown]
 # ## 5. One optimizer step
 #
-# Backward, clip the gradient norm, step - as `policy_update` does. Only the LoRA matrices train.
+# Backward, clip the gradient norm, step - as `policy_update` (aha/update.py) does. Only the LoRA matrices train.
 # LoRA's B matrices start at zero, so the adapted model starts equal to the base, and the gradient
 # of each A matrix (which flows through B) is zero too: the first step moves the B matrices only -
 # half of the LoRA tensors. AdamW's first step moves every parameter with a gradient by about lr.
@@ -209,7 +210,7 @@ print("agreement of sign(advantage) and sign(change):",
 # ## What the trainer adds around this step
 #
 # `train()` repeats this with `prompts_per_step` prompts at once and adds: micro-batches packed by
-# a token budget (`micro_batches`), the shared-prompt log-prob path, `mu > 1` with stored
+# a token budget (`micro_batches`, aha/update.py), the shared-prompt log-prob path, `mu > 1` with stored
 # old log-probs, the KL term to a reference (the same model with its LoRA adapters disabled, so no
 # second copy), a learning-rate schedule, the metrics (`metrics.jsonl`, TensorBoard, W&B), held-out
 # evals at step 0 and at the end, and atomic checkpoints. Run the whole thing with

@@ -51,7 +51,7 @@ def test_smollm2_export_round_trip_matches_aha_play(tmp_path, monkeypatch, capsy
 
     run = tmp_path / "run"
     assert main(["train", "-c", "cpu-demo", f"output_dir={run}", "max_steps=2", "prompts_per_step=1",
-                 "rollout.num_generations=4", "rollout.max_new_tokens=16", "probe_every=0", "save_every=2",
+                 "rollout.num_generations=4", "rollout.max_new_tokens=16", "probe_every=0", "save_every=2", "eval_every=0",
                  "report_to=none"]) == 0
     out = tmp_path / "smollm2-arith"
     assert main(["export", str(run), "--out", str(out)]) == 0
