@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from aha.errors import ConfigError
+from aha.trackers import check_trackers
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -114,7 +115,11 @@ class Config:
     eval_limit: int = 50  # held-out examples per periodic eval
     save_every: int = 50  # 0 = only at the end
     keep_last: int = 3  # checkpoints kept on disk
-    tensorboard: bool = True
+    tensorboard: bool = True  # legacy switch: false removes tensorboard from report_to
+    # Trackers that get every metric (the names of metrics.jsonl), the config, and completions tables:
+    # tensorboard | wandb | trackio, each an optional extra (aha/trackers.py); [] or [none]: only the JSONL files.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    report_table_every: int = 10  # send a table of the step's completions to the trackers every N steps (0 = never)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -297,6 +302,9 @@ def validate(cfg: Config) -> None:
                           "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
     if cfg.backend == "jax":
         validate_jax(cfg)
+    if cfg.report_table_every < 0:
+        raise ConfigError(f"config key 'report_table_every' must be >= 0, got {cfg.report_table_every}")
+    check_trackers(cfg.report_to, cfg.tensorboard)  # a missing tracker package stops here, before any model loads
 
 
 def greedy_setting(rollout: RolloutConfig) -> str | None:
@@ -353,7 +361,8 @@ RESUME_REFUSED = ("backend", "model", "finetune", "lora.r", "lora.alpha", "lora.
 # saves, how the work is batched or which engine samples (the same distribution).
 RESUME_IGNORED = ("output_dir", "device", "tensorboard", "log_completions_every", "probe_every", "eval_every",
                   "eval_limit", "save_every", "keep_last", "micro_batch_tokens", "logprob_chunk", "rollout.batch_size",
-                  "rollout.engine", "gradient_checkpointing", "deterministic", "warn_no_signal_steps")
+                  "rollout.engine", "gradient_checkpointing", "deterministic", "warn_no_signal_steps",
+                  "report_to", "report_table_every")
 _OPAQUE = ("task_options",)  # compared as one value: its keys are the task's, absent means default
 
 

@@ -93,6 +93,14 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from aha.export import export as write_export
+
+    write_export(args.source, args.out, adapter_only=args.adapter_only, dtype=args.dtype, model=args.model,
+                 overwrite=args.overwrite)
+    return 0
+
+
 # ---------------------------------------------------------------------------- eval and play
 
 def play(args: argparse.Namespace) -> int:
