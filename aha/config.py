@@ -49,18 +49,48 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    # Advantage = (r - mean(group)) / std(group) (GRPO); scale_rewards=false keeps only the
-    # centring (Dr. GRPO, Liu et al. 2025: std scaling over-weights easy and hard groups).
-    scale_rewards: bool = True
+    # Advantage = (r - baseline) / std; README "Algorithm variants" maps papers to these keys.
+    # baseline: "group" = mean of the prompt's G rewards (GRPO, Shao et al. 2024); "leave_one_out" = mean
+    # of the other G - 1 (RLOO, Ahmadian et al. 2024); "batch" = mean of the whole batch (REINFORCE++, Hu 2025).
+    baseline: str = "group"
+    # scale_rewards: divide by the std of the advantages over the "group" (GRPO), the "batch" (REINFORCE++)
+    # or "none" (Dr. GRPO, Liu et al. 2025: std scaling over-weights easy and hard groups). The older
+    # booleans still work: true = group, false = none.
+    scale_rewards: bool | str = "group"
     # Loss aggregation: "sequence" = mean over each completion's tokens, then over completions
     # (GRPO, Shao et al. 2024); "token" = mean over all tokens of the batch (DAPO, Yu et al. 2025);
     # "constant" = sum over tokens / (completions * max_new_tokens) (Dr. GRPO).
     loss_agg: str = "sequence"
+    # ratio: "token" = pi/pi_old per token (PPO, GRPO); "sequence" = its length-normalised geometric mean
+    # over the completion (GSPO, Zheng et al. 2025; use epsilon_low=3e-4, epsilon_high=4e-4).
+    ratio: str = "token"
+    # surrogate: "clip" = PPO's min(r A, clip(r) A) (a clipped token gets no gradient); "reinforce" =
+    # sg(clip(r)) * A * log pi, the clipped ratio as a constant weight (CISPO, MiniMax 2025: clipped tokens
+    # still learn; the paper sets no lower bound, epsilon_low=1, and loss_agg=token).
+    surrogate: str = "clip"
     epsilon_low: float = 0.2  # PPO clip range below 1
     epsilon_high: float = 0.2  # above 1; DAPO's clip-higher uses 0.28
+    dual_clip: float = 0.0  # c > 1 bounds a negative advantage's loss at -c A (dual-clip PPO, Ye et al. 2020); 0 = off
     beta: float = 0.0  # k3 KL to the reference model; 0 skips the reference forward entirely
+    entropy_coef: float = 0.0  # entropy bonus: loss -= coef * entropy (same aggregation); 0 = off
     mu: int = 1  # optimizer steps per batch of rollouts (GRPO's mu); > 1 uses old log-probs
-    drop_zero_std: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    # DAPO (Yu et al. 2025). Dynamic sampling: drop groups whose rewards are all equal (no signal) and,
+    # with max_refill_rounds > 0, draw up to that many extra batches of prompts until prompts_per_step
+    # groups carry a reward spread (the surplus is not used).
+    drop_zero_std: bool = False
+    max_refill_rounds: int = 0
+    # Overlong reward shaping: a penalty falling linearly from 0 to -overlong_penalty over the last
+    # overlong_buffer tokens before rollout.max_new_tokens (0 = off); mask_truncated drops completions
+    # cut at max_new_tokens from the loss (overlong filtering; they still count in their group's baseline).
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    mask_truncated: bool = False
+    # Rollout/trainer mismatch: weight each token's loss by rho = pi_trainer / pi_rollout, capped
+    # ("truncate", TIS, Yao et al. 2025) or zeroed above the cap ("mask", MIS, Liu et al. 2025); per
+    # "token" or per "sequence" (length-normalised). "none": only measured (mismatch/* metrics).
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0
+    rollout_correction_level: str = "token"
 
 
 @dataclass
@@ -245,11 +275,19 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine", "linear"),
     "rollout.engine": ("hf", "native", "vllm"),
     "algo.loss_agg": ("sequence", "token", "constant"),
+    "algo.baseline": ("group", "leave_one_out", "batch"),
+    "algo.scale_rewards": ("group", "batch", "none"),
+    "algo.ratio": ("token", "sequence"),
+    "algo.surrogate": ("clip", "reinforce"),
+    "algo.rollout_correction": ("none", "truncate", "mask"),
+    "algo.rollout_correction_level": ("token", "sequence"),
     "optimizer": ("adamw", "adamw8bit", "paged_adamw8bit"),
 }
 
 
 def validate(cfg: Config) -> None:
+    if isinstance(cfg.algo.scale_rewards, bool):  # the older boolean form
+        cfg.algo.scale_rewards = "group" if cfg.algo.scale_rewards else "none"
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -260,7 +298,8 @@ def validate(cfg: Config) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {_get(cfg, key)}")
     non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
-                    "algo.epsilon_high", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
+                    "algo.epsilon_high", "algo.entropy_coef", "algo.max_refill_rounds", "algo.overlong_buffer",
+                    "algo.overlong_penalty", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
                     "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
                     "lora.last_layers"]
     for key in non_negative:
@@ -270,8 +309,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.num_generations < 2:
         raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
+    validate_algo(cfg)
     if cfg.backend == "jax":
         validate_jax(cfg)
+
+
+def validate_algo(cfg: Config) -> None:
+    """The algorithm knobs that only make sense together."""
+    a = cfg.algo
+    if a.dual_clip and (a.dual_clip <= 1 or a.surrogate != "clip"):
+        raise ConfigError(f"config key 'algo.dual_clip' must be 0 (off) or > 1 with algo.surrogate=clip, got "
+                          f"{a.dual_clip} with surrogate={a.surrogate}")
+    if a.max_refill_rounds and not a.drop_zero_std:
+        raise ConfigError("config key 'algo.max_refill_rounds' refills groups dropped for equal rewards: "
+                          "set algo.drop_zero_std=true too")
+    if a.overlong_buffer >= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"config key 'algo.overlong_buffer' ({a.overlong_buffer}) must be below "
+                          f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
+    if a.rollout_correction_cap < 1:
+        raise ConfigError(f"config key 'algo.rollout_correction_cap' must be >= 1, got {a.rollout_correction_cap}")
 
 
 def validate_jax(cfg: Config) -> None:
@@ -295,6 +351,14 @@ def validate_jax(cfg: Config) -> None:
         raise ConfigError("backend=jax adapts every layer: set lora.last_layers=0" + fix)
     if cfg.rollout.batch_size:
         raise ConfigError("backend=jax generates a step's rollouts in one batch: set rollout.batch_size=0")
+    a, default = cfg.algo, AlgoConfig()
+    ported = ("scale_rewards", "loss_agg", "epsilon_low", "epsilon_high", "beta", "mu", "drop_zero_std")
+    unported = [f"algo.{f.name}={getattr(a, f.name)}" for f in dataclasses.fields(a)
+                if f.name not in ported and getattr(a, f.name) != getattr(default, f.name)]
+    if a.scale_rewards == "batch":
+        unported.insert(0, "algo.scale_rewards=batch")
+    if unported:
+        raise ConfigError(f"backend=jax does not implement {', '.join(unported)}" + fix)
 
 
 def _get(cfg: Any, dotted: str) -> Any:

@@ -21,8 +21,10 @@ import torch
 import yaml
 
 from aha import checkpoint, distributed
-from aha.algo import group_advantages, loss_weights, policy_loss
+from aha.algo import (compute_advantages, loss_weights, mismatch_stats, overlong_penalty, policy_loss,
+                      rollout_is_weight)
 from aha.config import Config, ConfigError
+from aha.dynamic_sampling import Sampled, dynamic_sample, has_spread
 from aha.log import RunLogger, reflection_rate
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy, trainable_parameters
@@ -96,47 +98,72 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         logger.log_metrics(0, held_out_eval(0))
     model.train()
     no_signal = 0  # consecutive steps in which every group's rewards were equal
+    a = cfg.algo
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
-        # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
-        # Every rank draws the same prompts and takes its share.
-        examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
-        examples = distributed.shard(examples, d)
-        group = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent
+        clock = {"gen": 0.0, "score": 0.0}
 
-        # 2. Rollout: G completions per prompt from the current policy.
-        ro = generate(model, tokenizer, [ex.prompt for ex in group], sampling, cfg.rollout.engine,
-                      cfg.rollout.batch_size)
-        t_gen = time.perf_counter()
+        def sample_round() -> Sampled:
+            # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
+            # Every rank draws the same prompts and takes its share.
+            examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
+            examples = distributed.shard(examples, d)
+            group = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent
+            # 2. Rollout: G completions per prompt from the current policy.
+            t = time.perf_counter()
+            ro = generate(model, tokenizer, [ex.prompt for ex in group], sampling, cfg.rollout.engine,
+                          cfg.rollout.batch_size)
+            clock["gen"] += time.perf_counter() - t
+            # 3. Score: the task's rule-checked rewards; accuracy and format are separate metrics.
+            t = time.perf_counter()
+            scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
+            rewards = torch.tensor([total for total, _ in scores])  # (N,)
+            rewards = rewards + overlong_penalty(ro.completion_mask.sum(dim=1).cpu(), cfg.rollout.max_new_tokens,
+                                                 a.overlong_buffer, a.overlong_penalty)  # DAPO; 0 when off
+            clock["score"] += time.perf_counter() - t
+            return Sampled(group, ro, scores, rewards)
 
-        # 3. Score: the task's rule-checked rewards; accuracy and format are separate metrics.
-        scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
-        rewards = torch.tensor([total for total, _ in scores])  # (N,)
+        # 1-3, with DAPO's dynamic sampling: groups whose rewards are all equal are dropped (drop_zero_std)
+        # and refilled from more prompts, up to max_refill_rounds extra rounds (dynamic_sampling.py).
+        batch, keep, extra_rounds = dynamic_sample(sample_round, G, cfg.prompts_per_step, a.drop_zero_std,
+                                                   a.max_refill_rounds, tokenizer.pad_token_id, d)
+        group, ro, scores = batch.group, batch.ro, batch.scores
         t_score = time.perf_counter()
 
-        # 4. Advantages within each group; all-equal groups carry no signal (optionally dropped).
-        advantages, zero_std = group_advantages(rewards, G, scale=cfg.algo.scale_rewards)
-        rows = torch.arange(len(group))
-        if cfg.algo.drop_zero_std:
-            rows = rows[~zero_std.repeat_interleave(G)]
+        # 4. Advantages over the kept groups (batch statistics over every rank's); all-equal groups carry
+        # no signal. Overlong filtering then masks truncated completions out of the loss.
+        rows = keep.nonzero().squeeze(1)
+        kept_adv, _ = compute_advantages(batch.rewards[rows], G, a.baseline, a.scale_rewards,
+                                 all_sum=lambda xs: distributed.all_sum(xs, d))
+        adv = torch.zeros(len(group))
+        adv[rows] = kept_adv
+        zero_std = ~has_spread(batch.rewards, G)  # every group sampled this step
+        if a.mask_truncated:
+            rows = rows[~ro.truncated.cpu()[rows]]
 
         # 5. Update: mu optimizer steps over these rollouts, micro-batched by a token budget.
-        stats = policy_update(model, ro, advantages, rows, optimizer, scheduler, cfg, ref_model, net, d)
+        stats = policy_update(model, ro, adv, rows, optimizer, scheduler, cfg, ref_model, net, d)
         t_end = time.perf_counter()
 
         # 6. Log: rank 0 gathers every rank's rows and computes what a 1-process run would.
         rows_out = completion_rows(task, group, ro.texts, scores, ro.completion_mask.sum(dim=1), ro.truncated)
         rows_out = [r for rank_rows in distributed.gather(rows_out, d) for r in rank_rows]
-        n_zero = distributed.all_sum([zero_std.float().sum().item()], d)[0]
+        n_zero, n_groups, n_kept, shaping = distributed.all_sum(
+            [zero_std.float().sum().item(), float(len(zero_std)), float(keep.sum().item()) / G,
+             (batch.rewards - torch.tensor([total for total, _ in scores])).sum().item()], d)
         if d.main:
             metrics = {
-                **rollout_metrics(rows_out), "frac_zero_std": n_zero / cfg.prompts_per_step,
+                **rollout_metrics(rows_out), "frac_zero_std": n_zero / n_groups,
                 "answer_collapse": answer_collapse([r["completion"] for r in rows_out], G),
                 **stats, "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": sum(r["length"] for r in rows_out) / max(t_gen - t0, 1e-9),
-                "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
+                "tokens_per_s": sum(r["length"] for r in rows_out) / max(clock["gen"], 1e-9),
+                "step_time": t_end - t0, "gen_time": clock["gen"], "score_time": clock["score"],
                 "update_time": t_end - t_score, "epoch": state["epoch"],
             }
+            if a.drop_zero_std:  # DAPO's dynamic sampling: how hard it was to fill the step
+                metrics.update({"dynamic/extra_rounds": extra_rounds, "dynamic/kept_groups": n_kept})
+            if a.overlong_buffer:
+                metrics["reward/overlong_penalty"] = shaping / len(rows_out)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 metrics.update(held_out_eval(step))
             logger.log_metrics(step, metrics)
@@ -146,7 +173,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                 logger.log_completions(step, [probe_completion(model, tokenizer, task, cfg)])
             progress.update(step, metrics)
             # A run whose groups all carry equal rewards learns nothing: say so while it runs.
-            no_signal = no_signal + 1 if n_zero == cfg.prompts_per_step else 0
+            no_signal = no_signal + 1 if n_zero == n_groups else 0
             if cfg.warn_no_signal_steps and no_signal == cfg.warn_no_signal_steps:
                 print(no_signal_warning(no_signal, metrics), file=sys.stderr, flush=True)
 
@@ -249,6 +276,9 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
     """
     a = cfg.algo
     temperature = cfg.rollout.temperature or 1.0  # log-probs of the distribution we sampled from
+    # The trainer's log-probs renormalised over the sampler's top-k / top-p support: what the rollout
+    # engine's log-probs are comparable with (the mismatch metrics, TIS / MIS).
+    support = (cfg.rollout.top_k, cfg.rollout.top_p)
     nan = float("nan")
     net = net if net is not None else distributed.wrap(model, batch_logprobs, d)
     cmask = ro.completion_mask
@@ -259,14 +289,16 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
     # A rank whose groups were all dropped still joins DDP's all-reduce, with a zero-weighted row.
     idle = len(rows) == 0
     batches = micro_batches(ro, torch.arange(1) if idle else rows, advantages, cfg.micro_batch_tokens)
+    if a.rollout_correction != "none" and "rollout_logp" not in batches[0]:
+        raise ValueError("algo.rollout_correction needs the rollout engine's log-probs (Rollout.logprobs)")
 
-    def logprobs(mb: dict[str, torch.Tensor], m: torch.nn.Module = model) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch_logprobs(m, mb, temperature, cfg.logprob_chunk)
+    def logprobs(mb: dict[str, torch.Tensor], m: torch.nn.Module = model) -> tuple[torch.Tensor, ...]:
+        return batch_logprobs(m, mb, temperature, cfg.logprob_chunk, support=support)
 
     with torch.no_grad():
         # mu > 1 reuses these rollouts for several optimizer steps: the ratio needs the log-probs
         # of the policy that sampled them. With mu = 1 that policy *is* the current one.
-        old = [logprobs(mb)[0] for mb in batches] if a.mu > 1 else None
+        old = [logprobs(mb) for mb in batches] if a.mu > 1 else None
         ref = None
         if a.beta > 0:
             if ref_model is not None:
@@ -277,31 +309,49 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
 
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     entropy_sum = 0.0
+    mismatch = [0.0, 0.0, 0.0]  # k3 KL sum, max |diff|, tokens: the policy before this step vs the engine
     params = [p for p in model.parameters() if p.requires_grad]
     for it in range(a.mu):
         optimizer.zero_grad(set_to_none=True)
         for i, mb in enumerate(batches):
             with distributed.no_sync(net, sync=i == len(batches) - 1):  # one all-reduce, after the last
-                logp, entropy = net(mb, temperature, cfg.logprob_chunk)  # (b, c)
+                logp, entropy, support_logp = net(mb, temperature, cfg.logprob_chunk, support=support,
+                                                  entropy_grad=a.entropy_coef > 0)  # (b, c)
+                old_logp, old_support = (old[i][0], old[i][2]) if old else (logp.detach(), support_logp)
                 w = loss_weights(mb["cmask"], a.loss_agg, n_seqs, n_tokens, cfg.rollout.max_new_tokens)
                 if idle:
                     w = w * 0.0
-                loss, st = policy_loss(logp, old[i] if old else logp.detach(), mb["adv"], w, a.epsilon_low,
-                                       a.epsilon_high, a.beta, ref[i] if ref else None)
+                is_weight = None
+                if "rollout_logp" in mb:
+                    if it == 0 and not idle:
+                        kl_sum, max_abs, n = mismatch_stats(old_support, mb["rollout_logp"], mb["cmask"])
+                        mismatch = [mismatch[0] + kl_sum, max(mismatch[1], max_abs), mismatch[2] + n]
+                    if a.rollout_correction != "none":
+                        is_weight = rollout_is_weight(old_support, mb["rollout_logp"], mb["cmask"],
+                                                      a.rollout_correction_cap, a.rollout_correction,
+                                                      a.rollout_correction_level)
+                loss, st = policy_loss(logp, old_logp, mb["adv"], w, a.epsilon_low, a.epsilon_high, a.beta,
+                                       ref[i] if ref else None, ratio=a.ratio, surrogate=a.surrogate,
+                                       dual_clip=a.dual_clip, mask=mb["cmask"], is_weight=is_weight,
+                                       entropy=entropy, entropy_coef=a.entropy_coef)
                 # DDP averages gradients over ranks; the global loss is their sum, hence * world.
                 (loss * d.world).backward()
             if it == a.mu - 1 and not idle:  # report the last inner iteration's figures
                 totals["loss"] += loss.item()
                 totals["kl"] += st["kl"].item() if "kl" in st else 0.0
                 totals["clip_frac"] += st["clip_frac"].item()
-                entropy_sum += (entropy * mb["cmask"]).sum().item()
+                entropy_sum += (entropy.detach() * mb["cmask"]).sum().item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()
-    loss, kl, clip_frac, entropy_sum = distributed.all_sum(
-        [totals["loss"], totals["kl"], totals["clip_frac"], entropy_sum], d)
-    return {"loss": loss, "kl": kl if a.beta > 0 else nan, "clip_frac": clip_frac,
-            "entropy": entropy_sum / max(n_tokens, 1), "grad_norm": grad_norm.item(), "update_skipped": 0.0}
+    loss, kl, clip_frac, entropy_sum, mm_kl, mm_n = distributed.all_sum(
+        [totals["loss"], totals["kl"], totals["clip_frac"], entropy_sum, mismatch[0], mismatch[2]], d)
+    out = {"loss": loss, "kl": kl if a.beta > 0 else nan, "clip_frac": clip_frac,
+           "entropy": entropy_sum / max(n_tokens, 1), "grad_norm": grad_norm.item(), "update_skipped": 0.0}
+    if "rollout_logp" in batches[0]:  # the rollout/trainer mismatch, measured every step
+        out.update({"mismatch/kl": mm_kl / max(mm_n, 1),
+                    "mismatch/max_abs_logp_diff": max(distributed.gather(mismatch[1], d))})
+    return out
 
 
 def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor,
@@ -342,6 +392,8 @@ def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor,
         out.append({"prompt_ids": ro.prompt_ids[reps, P - pw:], "prompt_mask": ro.prompt_mask[reps, P - pw:],
                     "group": group.to(ro.prompt_ids.device), "cids": ro.completion_ids[idx, :cw],
                     "cmask": ro.completion_mask[idx, :cw], "adv": advantages[idx].to(ro.prompt_ids.device)})
+        if ro.logprobs is not None:  # (b, c) the rollout engine's log-probs of these tokens
+            out[-1]["rollout_logp"] = ro.logprobs[idx, :cw]
     return out
 
 

@@ -14,6 +14,9 @@ compilation, seconds to minutes on a TPU):
 - DAPO's dropping of all-equal groups (`algo.drop_zero_std`) zeroes their rows' loss weights
   instead of removing the rows: the same loss, a fixed batch shape;
 - each step's sampling key is fold_in(key(seed), step): resume needs no RNG state.
+Not ported (config validation refuses them, naming each): the advantage baselines and batch scaling
+other than GRPO / Dr. GRPO, GSPO's ratio, CISPO, the dual clip, the entropy bonus, DAPO's refill and
+overlong shaping / filtering, and the rollout/trainer mismatch (its sampler returns no log-probs).
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
         # 4. Advantages within each group; all-equal groups carry no signal (optionally weighted out).
         advantages, zero_std = (np.asarray(x) for x in group_advantages(jnp.asarray(rewards), G,
-                                                                         scale=cfg.algo.scale_rewards))
+                                                                         scale=cfg.algo.scale_rewards == "group"))
         keep = ~np.repeat(zero_std, G) if cfg.algo.drop_zero_std else np.ones(n_rows, bool)  # (N,)
 
         # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches.
