@@ -51,7 +51,9 @@ def batch_mean_baseline(rewards: torch.Tensor, all_sum: AllSum = _identity) -> t
 def group_std(adv: torch.Tensor) -> torch.Tensor:
     """GRPO's scale: the population std of each group's advantages (= of its rewards for a group or batch
     baseline). (groups, G) -> (groups, 1)."""
-    return adv.std(dim=1, keepdim=True, unbiased=False) if adv.shape[1] > 1 else torch.zeros_like(adv[:, :1])
+    if adv.shape[0] == 0 or adv.shape[1] < 2:  # no groups on this rank, or G = 1
+        return torch.zeros_like(adv[:, :1])
+    return adv.std(dim=1, keepdim=True, unbiased=False)
 
 
 def batch_std(adv: torch.Tensor, all_sum: AllSum = _identity) -> torch.Tensor:
