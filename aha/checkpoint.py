@@ -115,6 +115,43 @@ def verify(path: Path) -> dict[str, Any]:
     return meta
 
 
+def check_config(path: Path, current: dict[str, Any]) -> str | None:
+    """Compare the config a checkpoint was trained with (its config.yaml) with the current one
+    (`Config.to_dict()`), before anything is loaded or written. A change the saved state cannot
+    follow (model, fine-tuning mode, a parameter shape: `config.RESUME_REFUSED`) is a ConfigError
+    naming each key with both values; other changes come back as one warning line (None if none).
+    A config.yaml that cannot be read is a corrupt checkpoint."""
+    import yaml
+
+    from aha.config import resume_diff
+    from aha.errors import ConfigError
+
+    path = Path(path)
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt (config.yaml: {one_line(e)}); "
+                              "resume from an earlier one with --resume PATH") from e
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt (config.yaml is not a mapping of config keys); "
+                              "resume from an earlier one with --resume PATH")
+    refused, changed = resume_diff(saved, current)
+    if refused:
+        raise ConfigError(f"cannot resume {path}: its saved state depends on settings that differ now: "
+                          f"{', '.join(refused)}; resume with the checkpoint's values, or start a new run "
+                          "(another output_dir=..., or --overwrite)")
+    if changed:
+        return (f"resuming {path} with changed settings, so the run does not continue the one saved: "
+                f"{', '.join(changed)}")
+    return None
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (torch's size-mismatch errors run to dozens)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """meta.json of a checkpoint directory, or a CheckpointError if the directory is not a whole checkpoint."""
     if not path.is_dir():
@@ -159,7 +196,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     except (SafetensorError, RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {one_line(e)}); "
                               "resume from an earlier one with --resume PATH") from e
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))

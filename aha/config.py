@@ -9,6 +9,7 @@ that names the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -305,13 +306,33 @@ def validate(cfg: Config) -> None:
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")
-    if not 0 < cfg.rollout.top_p <= 1:
+    if cfg.rollout.top_p > 1:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.num_generations < 2:
         raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
+    greedy = greedy_setting(cfg.rollout)
+    if greedy:
+        raise ConfigError(f"{greedy} makes sampling greedy: the G completions of every prompt would be identical, "
+                          "every group's advantage zero and nothing learned; sample for training "
+                          "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
     validate_algo(cfg)
     if cfg.backend == "jax":
         validate_jax(cfg)
+
+
+def greedy_setting(rollout: RolloutConfig) -> str | None:
+    """The setting that makes rollouts greedy (one token kept at every step), or None. Greedy
+    groups are degenerate: equal completions, equal rewards, zero advantages, no gradient."""
+    if rollout.temperature == 0:
+        return "rollout.temperature=0"
+    if rollout.top_k == 1:
+        return "rollout.top_k=1"
+    # The nucleus keeps the most likely token alone whenever its probability reaches top_p, and over
+    # V tokens that probability is at least 1/V: top_p <= 1/V is greedy at every step. 2**18 bounds
+    # the vocabularies in use (Gemma's 256k), so below 2**-18 that holds for any model.
+    if rollout.top_p <= 2**-18:
+        return f"rollout.top_p={rollout.top_p:g}"
+    return None
 
 
 def validate_algo(cfg: Config) -> None:
@@ -369,3 +390,57 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---- resuming: what may differ between a checkpoint's config and the current one ----
+
+# Changing these makes the saved weights or optimizer state mean something else (or not fit):
+# the architecture, what is trained and its shapes, the LoRA scale, the optimizer's state layout.
+RESUME_REFUSED = ("backend", "model", "finetune", "lora.r", "lora.alpha", "lora.target_modules", "lora.last_layers",
+                  "optimizer")
+# Changing these leaves what the run learns alone: where and how often it logs, evaluates and
+# saves, how the work is batched or which engine samples (the same distribution).
+RESUME_IGNORED = ("output_dir", "device", "tensorboard", "log_completions_every", "probe_every", "eval_every",
+                  "eval_limit", "save_every", "keep_last", "micro_batch_tokens", "logprob_chunk", "rollout.batch_size",
+                  "rollout.engine", "gradient_checkpointing", "deterministic")
+_OPAQUE = ("task_options",)  # compared as one value: its keys are the task's, absent means default
+
+
+def resume_diff(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(refused, changed) between a checkpoint's config and the current one, both as `to_dict()`
+    gives them; each item reads "key old -> new". Refused: keys of RESUME_REFUSED, and the seed when
+    the base weights are drawn from it (`random:<arch>` with adapters). Changed: every other
+    difference outside RESUME_IGNORED (seed, task, G, prompts_per_step, max_steps, schedule, ...).
+    A key one side lacks (a config written by another version of aha) is not compared."""
+    old, new = _flatten(saved), _flatten(current)
+    refused, changed = [], []
+    for key in new:
+        if key not in old or old[key] == new[key] or key in RESUME_IGNORED:
+            continue
+        item = f"{key} {_show(old[key])} -> {_show(new[key])}"
+        seeded_base = (key == "seed" and str(new.get("model", "")).startswith("random:")
+                       and new.get("finetune") != "full")
+        if key in RESUME_REFUSED or seeded_base:
+            refused.append(item + (" (the random base weights come from the seed)" if seeded_base else ""))
+        else:
+            changed.append(item)
+    return refused, changed
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key not in _OPAQUE:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    """A value on one line: plain words as they are, anything else as JSON (quoted, escaped)."""
+    if isinstance(value, str) and value and value.isprintable() and " " not in value:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return json.dumps(value, default=str, sort_keys=True)

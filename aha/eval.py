@@ -10,7 +10,9 @@ rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores wit
   Chen et al. 2021 (Codex paper, eq. 1) for k = 1, 2, 4, ... and K, and `maj@K` is a majority
   vote over final answers.
 - maj@k without a task-specific answer parser: the answer of a completion is the text of its last
-  `<answer>...</answer>` block with whitespace and commas removed (both tasks answer in that tag).
+  `<answer>...</answer>` block (both tasks answer in that tag): a number read by the tasks' number
+  rules (`aha.tasks._common.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12),
+  else the text with whitespace removed.
   The most common answer wins (ties: the one seen first); the problem counts as solved when the
   first completion giving that answer is correct by `task.is_correct`. Completions without an
   answer block do not vote. Equivalent answers written differently ("18" vs "18.0",
@@ -46,8 +48,10 @@ def vote_answer(completion: str) -> str | None:
     start = completion.rfind(ANSWER_OPEN, 0, close) if close >= 0 else -1
     if start < 0:
         return None
+    from aha.tasks._common import parse_number
+
     text = completion[start + len(ANSWER_OPEN):close]
-    return "".join(text.split()).replace(",", "") or None
+    return parse_number(text) or "".join(text.split()) or None
 
 
 def majority_index(completions: Sequence[str]) -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import sys
 import time
@@ -29,7 +30,7 @@ from aha.log import RunLogger, reflection_rate
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy, trainable_parameters
 from aha.optim import build_optimizer
-from aha.rollout import Rollout, SamplingParams, generate
+from aha.rollout import Rollout, SamplingParams, generate, render_prompt
 from aha.tasks import get_task, reward_means
 
 
@@ -40,7 +41,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} does not split over {d.world} processes "
                           f"(a group never spans ranks); make it a multiple of --nproc-per-node")
     run_dir = Path(cfg.output_dir)
-    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite)
+    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, cfg=cfg)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
@@ -51,6 +52,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     policy = load_policy(cfg.model, cfg.finetune, cfg.lora, device, cfg.dtype, cfg.gradient_checkpointing,
                          cfg.seed)  # same seed everywhere: every rank starts from the same weights
     model, tokenizer = policy.model, policy.tokenizer
+    render_prompt(tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
     if d.rank > 0:  # ranks sample different completions; rank 0 keeps the 1-process stream
         random.seed(cfg.seed + 1009 * d.rank)
         torch.manual_seed(cfg.seed + 1009 * d.rank)
@@ -430,12 +432,16 @@ def lr_lambda(cfg: Config):
 
 
 def checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool,
-                         verify: Any = checkpoint.verify) -> Path | None:
-    """The checkpoint to resume from (checked by `verify`, the backend's own), or None for a fresh
-    run - refused when the run directory already holds one and `overwrite` is not set."""
+                         verify: Any = checkpoint.verify, cfg: Config | None = None) -> Path | None:
+    """The checkpoint to resume from (checked by `verify`, the backend's own, and its config against
+    `cfg`: `checkpoint.check_config`), or None for a fresh run - refused when the run directory
+    already holds one and `overwrite` is not set."""
     if resume is not None:
         path = checkpoint.latest(run_dir) if resume == "latest" else Path(resume)
         verify(path)
+        warning = checkpoint.check_config(path, cfg.to_dict()) if cfg is not None else None
+        if warning and os.environ.get("RANK", "0") == "0":
+            print(f"aha: warning: {warning}", file=sys.stderr)
         return path
     has_run = (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0
     if not overwrite and (has_run or checkpoint.list_checkpoints(run_dir)):

@@ -66,6 +66,9 @@ def test_vote_answer_normalises_the_last_answer_block():
     assert vote_answer("<answer>(1 + 2) * 3</answer>") == "(1+2)*3"
     assert vote_answer("no answer") is None and vote_answer("<answer>7") is None
     assert vote_answer("<answer>  </answer>") is None
+    # Numbers by the tasks' rules: a comma only separates thousands, "$" and a trailing "." go.
+    assert vote_answer("<answer>$1,000.</answer>") == vote_answer("<answer>1000</answer>") == "1000"
+    assert vote_answer("<answer>1,2</answer>") == "1,2" != vote_answer("<answer>12</answer>")
     assert majority_index(["<answer>3</answer>", "<answer>4</answer>", "<answer> 4</answer>", "x"]) == 1
     assert majority_index(["<answer>5</answer>", "<answer>6</answer>"]) == 0  # tie: first seen
     assert majority_index(["x", "y"]) is None

@@ -283,3 +283,38 @@ def test_eval_runs_at_step_0_and_last_step_and_resume_stays_exact(tmp_path: Path
     assert evals[0]["eval/n"] == 3 and set(evals[0]) - {"step"} <= {k for k in evals[0] if k.startswith("eval/")}
     rows = read_jsonl(straight / "eval_completions.jsonl")
     assert sorted({r["step"] for r in rows}) == [0, 2, 4, 5] and len(rows) == 12
+
+
+# ---------------------------------------------------------------------------- resume compares configs
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_compares_the_checkpoint_config(tmp_path: Path, toy_task, capsys):
+    from aha.errors import CheckpointError, ConfigError
+
+    run = train(toy_cfg(tmp_path / "r", "max_steps=2", "save_every=2"))
+    before = _snapshot(run)
+    # A parameter shape changed: one line naming the key and both values; nothing on disk changes.
+    with pytest.raises(ConfigError) as err:
+        train(toy_cfg(run, "max_steps=4", "lora.r=8", "lora.target_modules=q_proj"), resume="latest")
+    message = str(err.value)
+    assert "\n" not in message and "lora.r 16 -> 8" in message and "lora.target_modules" in message
+    assert "corrupt" not in message and _snapshot(run) == before
+    # The CLI: exit 2, one line, no traceback, nothing written (refused before the task is even built).
+    r = run_cli("train", "-c", "smoke", f"output_dir={run}", "task=toy", "deterministic=true", "tensorboard=false",
+                "rollout.max_new_tokens=12", "lr=0.01", "probe_every=2", "model=random:tiny-llama", "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "model random:tiny-qwen2 -> random:tiny-llama" in r.stderr
+    assert _snapshot(run) == before
+    # Behaviour changes are allowed, with one warning line naming them.
+    capsys.readouterr()
+    train(toy_cfg(run, "max_steps=3", "prompts_per_step=4"), resume="latest")
+    warning = [line for line in capsys.readouterr().err.splitlines() if "changed settings" in line]
+    assert len(warning) == 1 and "max_steps 2 -> 3" in warning[0] and "prompts_per_step 2 -> 4" in warning[0]
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    # A config.yaml that cannot be read is what "corrupt" is for.
+    (run / "checkpoints/step-3/config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train(toy_cfg(run, "max_steps=4"), resume="latest")

@@ -50,11 +50,12 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     from aha.jax.sampler import generate
     from aha.jax.sharding import make_mesh, put_batch, replicate, shard_params
     from aha.jax.weights import load_model
+    from aha.rollout import render_prompt
     from aha.train import (Progress, checkpoint_to_resume, completion_rows, logged, lr_lambda, next_indices,
                            rollout_metrics)
 
     run_dir = Path(cfg.output_dir)
-    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify)
+    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify, cfg)
     random.seed(cfg.seed)
     mesh = make_mesh()
     n_dev = mesh.devices.size
@@ -69,6 +70,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     train_set = task.examples("train")
     lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
     mcfg, tokenizer = lm.config, lm.tokenizer
+    render_prompt(tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
     params = shard_params(lm.params, mesh)  # frozen, split over the devices
     lm.params = None  # drop the host copy
     targets = lora_lib.target_names(cfg.lora.target_modules)

@@ -85,7 +85,9 @@ def _llm(model: torch.nn.Module, vllm: Any) -> Any:
                    dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                    gpu_memory_utilization=float(os.environ.get("AHA_VLLM_GPU_MEMORY", "0.3")),
                    enable_sleep_mode=True, worker_extension_cls="aha.rollout.vllm.WeightLoader",
-                   logprobs_mode="processed_logprobs")
+                   # vLLM's own neutral defaults, never a generation_config.json's (repetition
+                   # penalty, min_p, ...): the update assumes plain temperature / top-k / top-p sampling.
+                   generation_config="vllm", logprobs_mode="processed_logprobs")
     llm.sleep(level=2)
     _engine = (id(model), llm)
     return llm

@@ -1,4 +1,5 @@
-"""Helpers shared by the GSM8K and Countdown tasks: pre-fills, answer extraction, local data files.
+"""Helpers shared by the GSM8K and Countdown tasks: pre-fills, answer extraction, numbers in
+answers, local data files.
 
 Everything here runs on model output of any size, so it uses `str.find`/`rfind`/`count` (linear
 time, C speed) instead of regexes with lazy `.*?`, which can take quadratic time on crafted text.
@@ -7,12 +8,56 @@ time, C speed) instead of regexes with lazy `.*?`, which can take quadratic time
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from aha.tasks.base import Example
 
 OPEN, CLOSE = "<answer>", "</answer>"
+
+# Longest answer text we look at, and longest number in it: real answers are a few characters;
+# anything longer is not a number and is rejected before any parsing (1 MB of digits costs nothing).
+MAX_ANSWER_CHARS = 1000
+MAX_NUMBER_CHARS = 100
+# sign | "$" (then spaces allowed) | sign | integer part | fraction | one trailing "."; see parse_number.
+_NUMBER = re.compile(
+    r"(?P<sign>[-+\u2212]?)"
+    r"(?:\$[ \t]*(?P<sign2>[-+\u2212]?))?"
+    r"(?P<int>[1-9][0-9]{0,2}(?:,[0-9]{3})+|[0-9]+)?"  # thousands groups of exactly three digits
+    r"(?:\.(?P<frac>[0-9]+))?"
+    r"\.?",
+    re.ASCII,
+)
+
+
+def parse_number(text: str) -> str | None:
+    """`text` as a plain decimal numeral ("-3", "1000", "18.5", "0.5"), or None if it is not one number.
+
+    The rules (README, "Tasks"), chosen so that a text counts as a number only when every reader
+    would read that number:
+    - surrounding whitespace is ignored;
+    - a sign: "-", the Unicode minus sign U+2212 (both mean minus) or "+", touching what follows
+      ("- 3" is not -3); en and em dashes are not minus signs;
+    - one "$" before the digits, before or after the sign ("$18", "-$18", "$-18"), and spaces
+      after it ("$ 18");
+    - a comma only as a thousands separator: between groups of exactly three digits after a
+      first group of 1-3 digits not starting with 0 ("1,234", "12,345,678"). "1,2", "12,34",
+      "1234,567", "0,5" and "1,,234" are not numbers (not 12, 1234, ...);
+    - a decimal point with digits after it ("18.5", ".5" = 0.5), and one trailing "." (the end
+      of a sentence: "18." is 18);
+    - nothing else: no units or words ("18 dollars", "18%"), no exponent, no fractions ("1/2"),
+      no spaces, underscores or apostrophes inside the number, only ASCII digits ("１８" is not 18).
+    """
+    if len(text) > MAX_ANSWER_CHARS:
+        return None
+    text = text.strip()
+    m = _NUMBER.fullmatch(text) if len(text) <= MAX_NUMBER_CHARS else None
+    if m is None or (m["int"] is None and m["frac"] is None) or (m["sign"] and m["sign2"]):
+        return None
+    sign = "-" if (m["sign"] or m["sign2"]) in ("-", "\u2212") else ""
+    whole = (m["int"] or "0").replace(",", "")
+    return sign + whole + (f".{m['frac']}" if m["frac"] is not None else "")
 
 
 def prefill_of(ex: Example) -> str:
