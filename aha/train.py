@@ -2,7 +2,9 @@
 micro-batched update -> log -> eval -> checkpoint.
 
 Read `train()` first; `policy_update()` is the only other piece with real logic. The algorithm's
-arithmetic is in algo.py, the memory-lean log-probs in logprobs.py. Under torchrun the same loop
+arithmetic is in algo.py (its variants are `algo.*` knobs), DAPO's dynamic sampling with refill in
+dynamic_sampling.py, the memory-lean log-probs in logprobs.py. Every step also measures how far the
+rollout engine's sampled log-probs are from the trainer's (`mismatch/*`). Under torchrun the same loop
 runs data-parallel: each rank rolls out its share of the step's prompts and DDP all-reduces the
 gradients; the few places that differ call aha/distributed.py (`d` below; a no-op on one process).
 """
@@ -101,30 +103,32 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     model.train()
     no_signal = 0  # consecutive steps in which every group's rewards were equal
     a = cfg.algo
+    clock = {"gen": 0.0, "score": 0.0}  # this step's generation and scoring time, over its rounds
+
+    def sample_round() -> Sampled:
+        """Steps 1-3 for the next prompts_per_step prompts (once a step; more with DAPO's refill)."""
+        # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
+        # Every rank draws the same prompts and takes its share.
+        examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
+        examples = distributed.shard(examples, d)
+        group = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent
+        # 2. Rollout: G completions per prompt from the current policy.
+        t = time.perf_counter()
+        ro = generate(model, tokenizer, [ex.prompt for ex in group], sampling, cfg.rollout.engine,
+                      cfg.rollout.batch_size)
+        clock["gen"] += time.perf_counter() - t
+        # 3. Score: the task's rule-checked rewards; accuracy and format are separate metrics.
+        t = time.perf_counter()
+        scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
+        rewards = torch.tensor([total for total, _ in scores])  # (N,)
+        rewards = rewards + overlong_penalty(ro.completion_mask.sum(dim=1).cpu(), cfg.rollout.max_new_tokens,
+                                             a.overlong_buffer, a.overlong_penalty)  # DAPO; 0 when off
+        clock["score"] += time.perf_counter() - t
+        return Sampled(group, ro, scores, rewards)
+
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
-        clock = {"gen": 0.0, "score": 0.0}
-
-        def sample_round() -> Sampled:
-            # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
-            # Every rank draws the same prompts and takes its share.
-            examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
-            examples = distributed.shard(examples, d)
-            group = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent
-            # 2. Rollout: G completions per prompt from the current policy.
-            t = time.perf_counter()
-            ro = generate(model, tokenizer, [ex.prompt for ex in group], sampling, cfg.rollout.engine,
-                          cfg.rollout.batch_size)
-            clock["gen"] += time.perf_counter() - t
-            # 3. Score: the task's rule-checked rewards; accuracy and format are separate metrics.
-            t = time.perf_counter()
-            scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
-            rewards = torch.tensor([total for total, _ in scores])  # (N,)
-            rewards = rewards + overlong_penalty(ro.completion_mask.sum(dim=1).cpu(), cfg.rollout.max_new_tokens,
-                                                 a.overlong_buffer, a.overlong_penalty)  # DAPO; 0 when off
-            clock["score"] += time.perf_counter() - t
-            return Sampled(group, ro, scores, rewards)
-
+        clock.update(gen=0.0, score=0.0)
         # 1-3, with DAPO's dynamic sampling: groups whose rewards are all equal are dropped (drop_zero_std)
         # and refilled from more prompts, up to max_refill_rounds extra rounds (dynamic_sampling.py).
         batch, keep, extra_rounds = dynamic_sample(sample_round, G, cfg.prompts_per_step, a.drop_zero_std,
@@ -136,7 +140,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         # no signal. Overlong filtering then masks truncated completions out of the loss.
         rows = keep.nonzero().squeeze(1)
         kept_adv, _ = compute_advantages(batch.rewards[rows], G, a.baseline, a.scale_rewards,
-                                 all_sum=lambda xs: distributed.all_sum(xs, d))
+                                         all_sum=lambda xs: distributed.all_sum(xs, d))
         adv = torch.zeros(len(group))
         adv[rows] = kept_adv
         zero_std = ~has_spread(batch.rewards, G)  # every group sampled this step

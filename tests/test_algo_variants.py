@@ -336,7 +336,8 @@ def test_update_does_not_depend_on_micro_batching(name):
         prompts = [f"prompt number {i}" + " x" * i for i in range(8)]
         ro = generate(pol.model, pol.tokenizer, prompts, SamplingParams(max_new_tokens=10, temperature=1.5))
         ro.logprobs = ro.logprobs + torch.randn(ro.logprobs.shape, generator=torch.Generator().manual_seed(1)) * 0.1
-        cfg = load_config("smoke", [f"micro_batch_tokens={budget}", "max_grad_norm=0", "algo.mu=2", *UPDATE_VARIANTS[name]])
+        cfg = load_config("smoke", [f"micro_batch_tokens={budget}", "max_grad_norm=0", "algo.mu=2",
+                                    *UPDATE_VARIANTS[name]])
         params = [p for p in pol.model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=2.0)
         adv = torch.linspace(-1, 1, 8)
