@@ -16,7 +16,7 @@ source; each is one small function below whose docstring gives the paper's formu
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -118,11 +118,12 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: f
 
 # ---------------------------------------------------------------------------- the loss
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, xp: Any = torch) -> torch.Tensor:
     """Per-token k3 estimator of KL(policy || ref) (Schulman 2020): exp(d) - d - 1, d = ref - logp.
-    Non-negative, zero exactly where the policy equals the reference. (B, C) -> (B, C)."""
+    Non-negative, zero exactly where the policy equals the reference. (B, C) -> (B, C).
+    `xp`: the array module (torch, or jax.numpy for the JAX backend)."""
     d = ref_logp - logp
-    return torch.exp(d) - d - 1
+    return xp.exp(d) - d - 1
 
 
 def loss_weights(mask: torch.Tensor, agg: str, n_seqs: int, n_tokens: int, max_len: int) -> torch.Tensor:
@@ -143,10 +144,10 @@ def loss_weights(mask: torch.Tensor, agg: str, n_seqs: int, n_tokens: int, max_l
     raise ValueError(f"unknown loss aggregation {agg!r}")
 
 
-def token_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+def token_ratio(logp: torch.Tensor, old_logp: torch.Tensor, xp: Any = torch) -> torch.Tensor:
     """PPO / GRPO's per-token ratio r_t = pi(y_t) / pi_old(y_t) (Shao et al. 2024, eq. 3). (B, C) -> (B, C);
     1 when old_logp is logp.detach() (mu = 1), with gradient r_t * grad log pi(y_t)."""
-    return torch.exp(logp - old_logp)
+    return xp.exp(logp - old_logp)
 
 
 def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,7 @@ def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tenso
 
 
 def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float,
-                      dual_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                      dual_clip: float = 0.0, xp: Any = torch) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped objective (Schulman et al. 2017, eq. 7) with DAPO's decoupled clip range (Yu et al.
     2025, §3.1 clip-higher): -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A). `dual_clip` c > 1 (dual-clip
     PPO, Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL") also bounds the loss of a
@@ -169,15 +170,15 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, ep
     ratio: (B, C); adv: (B, 1). Returns (per-token loss (B, C), clipped (B, C) float: 1 where a clip took
     the token's gradient away)."""
     unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
-    objective = torch.min(unclipped, clipped)
+    clipped = xp.clip(ratio, 1 - eps_low, 1 + eps_high) * adv
+    objective = xp.minimum(unclipped, clipped)
     is_clipped = clipped < unclipped  # min() took the clipped branch: no gradient there
     if dual_clip > 0:
         floor = dual_clip * adv
         dual = (adv < 0) & (floor > objective)
-        objective = torch.where(dual, floor.expand_as(objective), objective)
+        objective = xp.where(dual, floor, objective)
         is_clipped = is_clipped | dual
-    return -objective, is_clipped.float()
+    return -objective, xp.where(is_clipped, 1.0, 0.0)
 
 
 def cispo_surrogate(logp: torch.Tensor, ratio: torch.Tensor, adv: torch.Tensor, eps_low: float,
@@ -195,10 +196,11 @@ def cispo_surrogate(logp: torch.Tensor, ratio: torch.Tensor, adv: torch.Tensor, 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                 eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-                ref_logp: torch.Tensor | None = None, *, ratio: str = "token", surrogate: str = "clip",
-                dual_clip: float = 0.0, mask: torch.Tensor | None = None, is_weight: torch.Tensor | None = None,
-                entropy: torch.Tensor | None = None,
-                entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                ref_logp: torch.Tensor | None = None, xp: Any = torch,
+                stop_gradient: Callable[[Any], Any] = torch.Tensor.detach, *, ratio: str = "token",
+                surrogate: str = "clip", dual_clip: float = 0.0, mask: torch.Tensor | None = None,
+                is_weight: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
+                entropy_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
     """The surrogate (PPO / GRPO's clip, or CISPO's weighted REINFORCE; token or GSPO sequence ratio),
     times the rollout-correction weight `is_weight`, plus beta * k3 KL, minus entropy_coef * entropy,
     aggregated by `weights`.
@@ -206,36 +208,39 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     logp, old_logp, ref_logp, weights, mask, is_weight, entropy: (B, C); advantages: (B,). `mask` is
     needed by the sequence ratio; `entropy` (with its gradient) by the entropy bonus. Returns (scalar
     loss, stats): weighted sums (same aggregation as the loss) of the KL and the clipped fraction.
+    `xp` / `stop_gradient`: torch and Tensor.detach here; the JAX backend passes jax.numpy and
+    jax.lax.stop_gradient, so both backends run this one function (aha/jax/algo.py). The JAX backend
+    runs the defaults (token ratio, clip, dual clip); the other variants are torch-only.
     """
     if ratio == "token":
-        r = token_ratio(logp, old_logp)
+        r = token_ratio(logp, old_logp, xp)
     elif ratio == "sequence":
         if mask is None:
             raise ValueError("ratio='sequence' needs the completion mask")
         r = sequence_ratio(logp, old_logp, mask)
     else:
         raise ValueError(f"unknown ratio {ratio!r}")
-    adv = advantages.unsqueeze(1)  # (B, 1)
+    adv = advantages[:, None]  # (B, 1)
     if surrogate == "clip":
-        per_token, is_clipped = clipped_surrogate(r, adv, eps_low, eps_high, dual_clip)
+        per_token, is_clipped = clipped_surrogate(r, adv, eps_low, eps_high, dual_clip, xp)
     elif surrogate == "reinforce":
         per_token, is_clipped = cispo_surrogate(logp, r, adv, eps_low, eps_high)
     else:
         raise ValueError(f"unknown surrogate {surrogate!r}")
     if is_weight is not None:  # TIS / MIS: a constant per token, computed from the rollout's log-probs
-        per_token = per_token * is_weight.detach()
-    stats: dict[str, torch.Tensor] = {}
+        per_token = per_token * stop_gradient(is_weight)
+    stats: dict[str, Any] = {}
     if beta > 0:
         if ref_logp is None:
             raise ValueError("beta > 0 needs ref_logp")
-        kl = kl_k3(logp, ref_logp)
+        kl = kl_k3(logp, ref_logp, xp)
         per_token = per_token + beta * kl
-        stats["kl"] = (kl.detach() * weights).sum()
+        stats["kl"] = stop_gradient(kl * weights).sum()
     if entropy_coef > 0:
         if entropy is None:
             raise ValueError("entropy_coef > 0 needs the per-token entropy")
         per_token = per_token - entropy_coef * entropy
-    stats["clip_frac"] = (is_clipped * weights).sum()
+    stats["clip_frac"] = stop_gradient(is_clipped * weights).sum()
     return (per_token * weights).sum(), stats
 
 

@@ -9,24 +9,18 @@ makes "3 steps, resume, 3 steps" identical to "6 steps".
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aha.ckptdir import ADAPTER_FILE, MODEL_FILE, begin, commit, one_line, read_meta
 from aha.errors import CheckpointError
 from aha.model import unwrap
+from aha.seeding import resharded_sampling_seed, seed_rngs
 
 STATE_FILE = "trainer_state.pt"
-META_FILE = "meta.json"
-ADAPTER_FILE = "adapter_model.safetensors"
-MODEL_FILE = "model.safetensors"
-_STEP_RE = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,43 +57,6 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
     return commit(run_dir, tmp, step, keep_last)
 
 
-def begin(run_dir: Path, step: int) -> Path:
-    """A fresh temporary directory to write checkpoint `step` into (then `commit` it)."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
-    """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
-    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
-    final = Path(run_dir) / "checkpoints" / f"step-{step}"
-    if final.exists():  # re-saving a step after a resume: replace it whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories (complete or not) ordered by step."""
-    root = Path(run_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_RE.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest(run_dir: Path) -> Path:
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        raise CheckpointError(f"no checkpoint under {Path(run_dir) / 'checkpoints'} to resume from; "
-                              "start without --resume, or pass --resume PATH")
-    return ckpts[-1]
-
-
 def verify(path: Path) -> dict[str, Any]:
     """The checkpoint's meta, or a CheckpointError saying what is wrong with it."""
     path = Path(path)
@@ -115,57 +72,23 @@ def verify(path: Path) -> dict[str, Any]:
     return meta
 
 
-def check_config(path: Path, current: dict[str, Any]) -> str | None:
-    """Compare the config a checkpoint was trained with (its config.yaml) with the current one
-    (`Config.to_dict()`), before anything is loaded or written. A change the saved state cannot
-    follow (model, fine-tuning mode, a parameter shape: `config.RESUME_REFUSED`) is a ConfigError
-    naming each key with both values; other changes come back as one warning line (None if none).
-    A config.yaml that cannot be read is a corrupt checkpoint."""
-    import yaml
-
-    from aha.config import resume_diff
-    from aha.errors import ConfigError
-
-    path = Path(path)
-    try:
-        saved = yaml.safe_load((path / "config.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt (config.yaml: {one_line(e)}); "
-                              "resume from an earlier one with --resume PATH") from e
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint {path} is corrupt (config.yaml is not a mapping of config keys); "
-                              "resume from an earlier one with --resume PATH")
-    refused, changed = resume_diff(saved, current)
-    if refused:
-        raise ConfigError(f"cannot resume {path}: its saved state depends on settings that differ now: "
-                          f"{', '.join(refused)}; resume with the checkpoint's values, or start a new run "
-                          "(another output_dir=..., or --overwrite)")
-    if changed:
-        return (f"resuming {path} with changed settings, so the run does not continue the one saved: "
-                f"{', '.join(changed)}")
-    return None
-
-
-def one_line(err: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line (torch's size-mismatch errors run to dozens)."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json of a checkpoint directory, or a CheckpointError if the directory is not a whole checkpoint."""
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise CheckpointError(f"checkpoint {path} is incomplete (no valid {META_FILE}); it was not fully written. "
-                              "Resume from an earlier one with --resume PATH") from None
-
-
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
          rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNGs; returns the trainer state (step, cursor...)."""
+    """Resume from a torch checkpoint, in place.
+
+    Args:
+        path: a checkpoint directory (`RUN_DIR/checkpoints/step-N`).
+        model, optimizer, scheduler: built from the run's config as for a fresh run; their state
+            is overwritten with the saved one.
+        rank, world: this process under torchrun. Its saved RNG states are restored when the
+            checkpoint was written by `world` processes; otherwise (with a warning) every rank's
+            streams restart from `seeding.resharded_sampling_seed`, and the run is not bit-exact.
+    Returns:
+        The loop state saved with it: {"step", "epoch", "cursor"} (`aha.data.LoopState`).
+    Raises:
+        CheckpointError: a missing, incomplete, corrupt or other backend's checkpoint, or weights
+            that do not fit `model` (LoRA vs full, another architecture).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -209,9 +132,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
 
         warnings.warn(f"checkpoint {path} was written by {len(rngs)} process(es), this run has {world}: "
                       "the sampling RNGs restart from the seed and the step, so the run is not bit-exact")
-        seed = int(state["step"]) * 7919 + rank
-        random.seed(seed)
-        torch.manual_seed(seed)
+        seed_rngs(resharded_sampling_seed(int(state["step"]), rank))
     return state
 
 

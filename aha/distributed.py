@@ -110,7 +110,7 @@ class LogprobNet(nn.Module):
         super().__init__()
         self.model, self.fn = model, fn
 
-    def forward(self, mb: dict[str, torch.Tensor], temperature: float, chunk: int, **options: Any):
+    def forward(self, mb: Any, temperature: float, chunk: int, **options: Any):  # mb: update.MicroBatch
         return self.fn(self.model, mb, temperature, chunk, **options)
 
 

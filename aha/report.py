@@ -20,9 +20,7 @@ Agg backend: no display needed) and `report.md`, which embeds them by relative p
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -184,8 +182,9 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
         _plot(ax, series(rows, key), window, f"{key} (train)", color)
         ev = series(rows, f"eval/{key}")
         if ev[0]:
-            ax.plot(ev[0], ev[1], "o-" if key == "accuracy" else "s", color=color, markersize=5,
-                    label=f"{key} (held-out, strict)" if key == "accuracy" else f"{key} (held-out)")
+            held_out = key == "accuracy"  # the result: its own colour, joined points (step 0 -> the end)
+            ax.plot(ev[0], ev[1], "o-" if held_out else "s", color="C3" if held_out else color, markersize=5,
+                    linewidth=2.0, label=f"{key} (held-out, strict)" if held_out else f"{key} (held-out)")
         ax.axhline(thresholds[key], color=color, linestyle=":", linewidth=0.9)
         if aha.get(key) is not None:
             ax.axvline(aha[key], color=color, linestyle="--", linewidth=1.0)
@@ -218,8 +217,7 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
          "Share of completions with a reflection phrase (aha.log.REFLECTION_PHRASES)", "fraction")
 
     health = [k for k in ("frac_zero_std", "answer_collapse", "truncated_rate", "entropy", "kl", "grad_norm", "clip_frac",
-                          "mismatch/kl", "mismatch/max_abs_logp_diff", "dynamic/extra_rounds")
-              if series(rows, k)[0]]
+                          "mismatch/kl", "mismatch/max_abs_logp_diff", "dynamic/extra_rounds") if series(rows, k)[0]]
     if health:
         cols = 2
         nrows = (len(health) + cols - 1) // cols
@@ -236,8 +234,7 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
         fig.savefig(out / "training.png", dpi=110)
         plt.close(fig)
         made.append(("training.png", ("Training health: groups with no reward spread, truncation, entropy, KL, "
-                                      "gradient norm, clipping, the rollout engine's mismatch with the trainer "
-                                      "(mismatch/*), DAPO's refill rounds")))
+                                      "gradient norm, clipping, the engine/trainer mismatch, DAPO's refill rounds")))
     return made
 
 
@@ -420,25 +417,3 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}  # a damaged config only costs the header line its model and task names
     return data if isinstance(data, dict) else {}
-
-
-# ---------------------------------------------------------------------------- the command
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output_dir (holds metrics.jsonl)")
-    p.add_argument("--out", metavar="DIR", help="where to write report.md and the PNGs (default: RUN_DIR/report)")
-    p.add_argument("--smooth", type=int, default=0, metavar="N",
-                   help="moving-average window in steps (default: about 1/20 of the run, 1 to 25)")
-    for key, default in DEFAULT_THRESHOLDS.items():
-        flag = key.removesuffix("_rate").replace("_", "-")
-        p.add_argument(f"--{flag}-threshold", type=float, default=default, dest=f"{key}_threshold", metavar="X",
-                       help=f"the aha step of {key}: first step its smoothed value reaches this (default: {default})")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.smooth < 0:
-        raise ValueError("--smooth must be >= 0 (0 = automatic)")
-    th = {k: getattr(args, f"{k}_threshold") for k in DEFAULT_THRESHOLDS}
-    path = write_report(args.run_dir, args.out, args.smooth, th)
-    print(f"aha: report written to {path}", file=sys.stderr)
-    return 0

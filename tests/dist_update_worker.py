@@ -10,6 +10,7 @@ summed over ranks) instead of being fixed. The rollout carries engine log-probs 
 """
 
 import sys
+from dataclasses import asdict
 
 import torch
 
@@ -19,7 +20,7 @@ from aha.logprobs import batch_logprobs
 from aha.model import load_policy
 from aha.rollout import Rollout
 from aha.algo import compute_advantages
-from aha.train import micro_batches, policy_update
+from aha.update import Mismatch, micro_batches, policy_update
 
 N_PROMPTS, G, P, C = 4, 2, 6, 5
 
@@ -72,7 +73,9 @@ def main() -> None:
     opt = torch.optim.SGD(params, lr=0.5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
     net = distributed.wrap(model, batch_logprobs, d)
-    stats = policy_update(model, local, local_adv, local_rows, opt, sched, cfg, None, net, d)
+    mismatch = Mismatch()
+    stats = policy_update(model, local, local_adv, local_rows, opt, sched, cfg, None, net, d, mismatch=mismatch)
+    stats = {**asdict(stats), **mismatch.metrics(d)}
     advs = torch.cat(distributed.gather(local_adv, d))
     if d.main:
         weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

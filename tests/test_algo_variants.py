@@ -5,6 +5,7 @@ training steps with exact resume for each variant."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 import threading
 from pathlib import Path
 
@@ -327,7 +328,7 @@ def test_update_does_not_depend_on_micro_batching(name):
     from aha.config import load_config
     from aha.model import load_policy
     from aha.rollout import SamplingParams, generate
-    from aha.train import micro_batches, policy_update
+    from aha.update import Mismatch, micro_batches, policy_update
 
     results = []
     for budget in (10_000, 30):
@@ -342,8 +343,10 @@ def test_update_does_not_depend_on_micro_batching(name):
         opt = torch.optim.SGD(params, lr=2.0)
         adv = torch.linspace(-1, 1, 8)
         n_mb = len(micro_batches(ro, torch.arange(8), adv, budget))
+        mismatch = Mismatch()
         stats = policy_update(pol.model, ro, adv, torch.arange(8), opt,
-                              torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0), cfg)
+                              torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0), cfg, mismatch=mismatch)
+        stats = {**asdict(stats), **mismatch.metrics()}
         results.append(([p.detach().clone() for p in params], stats, n_mb))
     (w1, s1, n1), (w2, s2, n2) = results
     assert n1 == 1 and n2 > 1

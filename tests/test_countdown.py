@@ -7,7 +7,6 @@ import json
 import math
 import random
 import re
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -114,9 +113,7 @@ def test_safe_eval(expr: str, want: Fraction | int | None) -> None:
 def test_safe_eval_survives_parser_limits_without_the_length_bound() -> None:
     # ast.parse raises SyntaxError / MemoryError / RecursionError on deep nesting; all are caught.
     for expr in ["(" * 10_000 + "1" + ")" * 10_000, "-" * 100_000 + "1"]:
-        start = time.perf_counter()
-        assert safe_eval(expr, max_chars=10**6) is None
-        assert time.perf_counter() - start < 1.0
+        assert safe_eval(expr, max_chars=10**6) is None  # (its time: bench/rewards.py)
     assert safe_eval("-" * 500 + "1", max_chars=10**6) is None  # past our own AST depth bound
     assert safe_eval("-" * 100 + "1") == 1
     assert safe_eval("(" * 99 + "1" + ")" * 99) == 1  # parentheses make no AST nodes
@@ -158,17 +155,6 @@ def test_solve_agrees_with_brute_force() -> None:
             assert (expr is not None) == brute_force_solvable(nums, target), (nums, target, expr)
 
 
-def test_solve_is_fast() -> None:
-    rng = random.Random(0)
-    cases = [
-        ([rng.randint(1, 100) for _ in range(4)], rng.randint(1, 100)) for _ in range(200)
-    ]  # mostly unsolvable: full search
-    start = time.perf_counter()
-    for nums, target in cases:
-        solve(nums, target)
-    assert (time.perf_counter() - start) / len(cases) < 0.01  # a few ms each, at most
-
-
 # ---- generator ----
 
 
@@ -201,7 +187,6 @@ def test_generator_options() -> None:
 
 @pytest.mark.slow  # ~6 s on 2 cores
 def test_10k_generated_puzzles_are_solvable() -> None:
-    start = time.perf_counter()
     for p in generate_puzzles(10_000, seed=123):
         nums, target = p["nums"], p["target"]
         assert 3 <= len(nums) <= 4 and all(1 <= n <= 100 for n in nums) and 1 <= target <= 100
@@ -210,7 +195,6 @@ def test_10k_generated_puzzles_are_solvable() -> None:
         # ...and the exhaustive solver finds one as well.
         found = solve(nums, target)
         assert found is not None and safe_eval(found) == target and uses_exactly(found, nums), p
-    assert time.perf_counter() - start < 60
 
 
 # ---- rewards ----
@@ -261,11 +245,15 @@ def test_answer_reward_exact_fractions() -> None:
 # Deliberate departures from TinyZero's countdown.compute_score (see the module docstring).
 
 
-def test_departure_power_is_rejected_fast() -> None:
+def test_departure_power_is_rejected_without_computing_anything(monkeypatch) -> None:
+    import aha.tasks._safe_eval as se
+
+    done = []  # every arithmetic operation the evaluator performs
+    counted = {op: (lambda f: lambda a, b: done.append(f) or f(a, b))(f) for op, f in se._BINOPS.items()}
+    monkeypatch.setattr(se, "_BINOPS", counted)
     ex = Example("c/4", "Q?", {"nums": [9, 9, 9, 9], "target": 24})
-    start = time.perf_counter()
     assert answer_reward(ans("9**9**9**9"), ex) == 0.1  # TinyZero: eval hangs
-    assert time.perf_counter() - start < 0.05
+    assert done == []  # `**` is refused before any operand is evaluated (its time: bench/rewards.py)
     assert (
         answer_reward(ans("(2 ** 3) * 3"), Example("c/5", "Q?", {"nums": [2, 3, 3], "target": 24})) == 0.1
     )  # TinyZero: 1.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -149,10 +148,11 @@ def test_thousands_commas_property(n: int, cut: int) -> None:
     assert normalize_number(f"{'-' if n < 0 else ''}{digits[:cut]},{digits[cut:]}") is None
 
 
-def test_normalize_number_huge_is_fast() -> None:
-    start = time.perf_counter()
-    assert normalize_number("9" * 1_000_000) is None
-    assert time.perf_counter() - start < 0.05
+def test_normalize_number_refuses_huge_text_before_parsing_it(monkeypatch) -> None:
+    import aha.tasks._common as common
+
+    monkeypatch.setattr(common, "_NUMBER", None)  # any parsing attempt would raise
+    assert normalize_number("9" * 1_000_000) is None  # the length bound comes first (time: bench/rewards.py)
 
 
 def test_parse_gold() -> None:

@@ -13,7 +13,7 @@ from aha.logprobs import batch_logprobs
 from aha.model import load_base, load_policy
 from aha.rollout import Rollout, SamplingParams, concat_rollouts, generate
 from aha.rollout.native import truncate_logits
-from aha.train import micro_batches
+from aha.update import micro_batches
 
 
 def trainer_logprobs(model, ro: Rollout, params: SamplingParams, support: bool = True) -> torch.Tensor:

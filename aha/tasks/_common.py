@@ -1,5 +1,4 @@
-"""Helpers shared by the GSM8K and Countdown tasks: pre-fills, answer extraction, numbers in
-answers, local data files.
+"""Helpers shared by the tasks: pre-fills, answer extraction, numbers in answers, local data files.
 
 Everything here runs on model output of any size, so it uses `str.find`/`rfind`/`count` (linear
 time, C speed) instead of regexes with lazy `.*?`, which can take quadratic time on crafted text.
@@ -12,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aha.tasks.base import Example
+from aha.tasks.base import Example, Messages, prompt_prefill
 
 OPEN, CLOSE = "<answer>", "</answer>"
 
@@ -61,21 +60,11 @@ def parse_number(text: str) -> str | None:
 
 
 def prefill_of(ex: Example) -> str:
-    """The start of the assistant's turn that the prompt already contains and the model continues.
-
-    Chat prompts: the content of a final "assistant" message (rendered with
-    continue_final_message). Text prompts for base models end with an "Assistant:" turn in the
-    R1-Zero style; the pre-fill is whatever follows the last "Assistant:" (e.g. "<think>\\n").
-    Rewards judge `prefill_of(ex) + completion`, so a completion that continues a pre-filled
-    `<think>` is scored as a whole. Deriving it from the prompt keeps rewards pure functions
-    of (completion, example) with one source of truth.
-    """
-    prompt = ex.prompt
-    if isinstance(prompt, list):
-        last = prompt[-1] if prompt else {}
-        return str(last.get("content", "")) if last.get("role") == "assistant" else ""
-    _, sep, tail = prompt.rpartition("Assistant:")
-    return tail.lstrip(" ") if sep else ""
+    """The pre-fill of the example's prompt (`base.prompt_prefill`). Rewards judge
+    `prefill_of(ex) + completion`, so a completion that continues a pre-filled `<think>` is scored
+    as a whole. Deriving it from the prompt keeps rewards pure functions of (completion, example)
+    with one source of truth."""
+    return prompt_prefill(ex.prompt)
 
 
 def last_answer(text: str) -> str | None:
@@ -93,6 +82,27 @@ def last_answer(text: str) -> str | None:
         return None
     start += len(OPEN)
     return text[start : text.find(CLOSE, start)]
+
+
+def check_template(template: str) -> None:
+    if template not in ("base", "chat"):
+        raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+
+
+def templated(question: str, template: str, system: str, preamble: str, prefill: str) -> str | Messages:
+    """A question as the model sees it: chat messages (system, user, a pre-filled assistant turn)
+    for instruct models, or the R1-Zero text (preamble, "User: ...", "Assistant: " + pre-fill)
+    for base models. `system` and `preamble` are the two templates' instructions."""
+    if template == "chat":
+        return [{"role": "system", "content": system}, {"role": "user", "content": question},
+                {"role": "assistant", "content": prefill}]
+    return f"{preamble}\nUser: {question}\nAssistant: {prefill}"
+
+
+def check_split(split: str) -> None:
+    """The tasks here have a train and a test split; anything else is a ValueError naming them."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def resolve_path(data: str | Path | dict[str, Any], split: str) -> Path:

@@ -41,13 +41,15 @@ uses only the given numbers. They are what gives a 135M model signal before it s
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-from aha.tasks._common import CLOSE, OPEN, last_answer, prefill_of, read_rows, resolve_path
+from aha.tasks._common import (CLOSE, OPEN, check_split, check_template, last_answer, prefill_of, read_rows,
+                               resolve_path, templated)
 from aha.tasks._countdown_puzzles import PuzzleOptions, draw_puzzle, generate_puzzles, puzzle_key, solve
 from aha.tasks._safe_eval import evaluate
 from aha.errors import DataError
@@ -88,6 +90,9 @@ def question(nums: list[int], target: int) -> str:
 
 
 # ---- rewards: (completion, example) -> raw value in [0, 1] ----
+
+# What `aha play` users type: numbers separated by spaces or commas, an arrow (or = or :), the target.
+_TYPED_PUZZLE = re.compile(r"^\s*((?:-?\d+[\s,]+)*-?\d+)\s*(?:->|=>|=|:)\s*(-?\d+)\s*$")
 
 
 def _answer_check(completion: str, ex: Example) -> tuple[str | None, Fraction | None, list[int]]:
@@ -177,8 +182,7 @@ class Countdown(Task):
         shaping: bool = False,
         data: str | Path | dict[str, str | Path] | None = None,
     ) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        check_template(template)
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self.options = PuzzleOptions(min_nums, max_nums, min_num, max_num, min_target, max_target)
         self.template, self.shaping, self.data = template, shaping, data
@@ -188,25 +192,22 @@ class Countdown(Task):
         self._loaded: dict[str, list[dict]] = {}
 
     def prompt(self, nums: list[int], target: int) -> str | Messages:
-        if self.template == "chat":
-            return [
-                {"role": "system", "content": CHAT_SYSTEM},
-                {"role": "user", "content": question(nums, target)},
-                {"role": "assistant", "content": PREFILL},
-            ]
-        return f"{BASE_PREAMBLE}\nUser: {question(nums, target)}\nAssistant: {PREFILL}"
+        return templated(question(nums, target), self.template, CHAT_SYSTEM, BASE_PREAMBLE, PREFILL)
 
-    def prefill(self, ex: Example) -> str:
-        """Text the prompt pre-fills in the assistant turn; rewards see prefill + completion."""
-        return prefill_of(ex)
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed puzzle, "3 7 25 50 -> 75" (also "3, 7, 25 = 75" or "... : 75"), in the task's
+        template; other text as is."""
+        m = _TYPED_PUZZLE.match(text)
+        if not m:
+            return text
+        return self.prompt([int(x) for x in re.split(r"[\s,]+", m.group(1).strip())], int(m.group(2)))
 
     def _example(self, split: str, i: int, puzzle: dict) -> Example:
         target = {"nums": list(puzzle["nums"]), "target": puzzle["target"]}
         return Example(id=f"countdown/{split}/{i}", prompt=self.prompt(target["nums"], target["target"]), target=target)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if self.data is not None:
             return _LazyExamples(len(self._load(split)), partial(self._data_example, split))
         if self._test is None:

@@ -30,7 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
-from aha.tasks._common import CLOSE, OPEN, last_answer, parse_number, prefill_of, read_rows, resolve_path
+from aha.tasks._common import (CLOSE, OPEN, check_split, check_template, last_answer, parse_number, prefill_of,
+                               read_rows, resolve_path, templated)
 from aha.errors import DataError
 from aha.tasks.base import Example, Messages, Task
 
@@ -191,8 +192,7 @@ class GSM8K(Task):
         template: str = "base",
         system_prompt: str | None = None,
     ) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        check_template(template)
         self.data = data
         self.template = template
         # Replaces the base template's preamble or the chat system message.
@@ -200,21 +200,15 @@ class GSM8K(Task):
         self._cache: dict[str, list[Example]] = {}
 
     def prompt(self, question: str) -> str | Messages:
-        if self.template == "chat":
-            return [
-                {"role": "system", "content": self.system_prompt or CHAT_SYSTEM},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": CHAT_PREFILL},
-            ]
-        return f"{self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {BASE_PREFILL}"
+        return templated(question, self.template, self.system_prompt or CHAT_SYSTEM,
+                         self.system_prompt or BASE_PREAMBLE, CHAT_PREFILL if self.template == "chat" else BASE_PREFILL)
 
-    def prefill(self, ex: Example) -> str:
-        """Text the prompt pre-fills in the assistant turn; rewards see prefill + completion."""
-        return prefill_of(ex)
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed question, in the task's template."""
+        return self.prompt(text)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if split not in self._cache:
             rows = (
                 _load_hub(split)
