@@ -1,4 +1,5 @@
-"""The run configuration: one typed dataclass, YAML presets, `key=value` overrides, validation.
+"""The run configuration: one typed dataclass, YAML presets, `key=value` overrides (checked by
+validation.py), and what may differ on resume.
 
 A preset is a YAML file of overrides on top of the defaults below. `load_config` applies the
 preset, then the command line's `key=value` pairs (nested keys with dots: `rollout.temperature=0.9`,
@@ -19,7 +20,6 @@ from typing import Any
 import yaml
 
 from aha.errors import ConfigError
-from aha.trackers import check_trackers
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -51,18 +51,48 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    # Advantage = (r - mean(group)) / std(group) (GRPO); scale_rewards=false keeps only the
-    # centring (Dr. GRPO, Liu et al. 2025: std scaling over-weights easy and hard groups).
-    scale_rewards: bool = True
+    # Advantage = (r - baseline) / std; README "Algorithm variants" maps papers to these keys.
+    # baseline: "group" = mean of the prompt's G rewards (GRPO, Shao et al. 2024); "leave_one_out" = mean
+    # of the other G - 1 (RLOO, Ahmadian et al. 2024); "batch" = mean of the whole batch (REINFORCE++, Hu 2025).
+    baseline: str = "group"
+    # scale_rewards: divide by the std of the advantages over the "group" (GRPO), the "batch" (REINFORCE++)
+    # or "none" (Dr. GRPO, Liu et al. 2025: std scaling over-weights easy and hard groups). The older
+    # booleans still work: true = group, false = none.
+    scale_rewards: bool | str = "group"
     # Loss aggregation: "sequence" = mean over each completion's tokens, then over completions
     # (GRPO, Shao et al. 2024); "token" = mean over all tokens of the batch (DAPO, Yu et al. 2025);
     # "constant" = sum over tokens / (completions * max_new_tokens) (Dr. GRPO).
     loss_agg: str = "sequence"
+    # ratio: "token" = pi/pi_old per token (PPO, GRPO); "sequence" = its length-normalised geometric mean
+    # over the completion (GSPO, Zheng et al. 2025; use epsilon_low=3e-4, epsilon_high=4e-4).
+    ratio: str = "token"
+    # surrogate: "clip" = PPO's min(r A, clip(r) A) (a clipped token gets no gradient); "reinforce" =
+    # sg(clip(r)) * A * log pi, the clipped ratio as a constant weight (CISPO, MiniMax 2025: clipped tokens
+    # still learn; the paper sets no lower bound, epsilon_low=1, and loss_agg=token).
+    surrogate: str = "clip"
     epsilon_low: float = 0.2  # PPO clip range below 1
     epsilon_high: float = 0.2  # above 1; DAPO's clip-higher uses 0.28
+    dual_clip: float = 0.0  # c > 1 bounds a negative advantage's loss at -c A (dual-clip PPO, Ye et al. 2020); 0 = off
     beta: float = 0.0  # k3 KL to the reference model; 0 skips the reference forward entirely
+    entropy_coef: float = 0.0  # entropy bonus: loss -= coef * entropy (same aggregation); 0 = off
     mu: int = 1  # optimizer steps per batch of rollouts (GRPO's mu); > 1 uses old log-probs
-    drop_zero_std: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    # DAPO (Yu et al. 2025). Dynamic sampling: drop groups whose rewards are all equal (no signal) and,
+    # with max_refill_rounds > 0, draw up to that many extra batches of prompts until prompts_per_step
+    # groups carry a reward spread (the surplus is not used).
+    drop_zero_std: bool = False
+    max_refill_rounds: int = 0
+    # Overlong reward shaping: a penalty falling linearly from 0 to -overlong_penalty over the last
+    # overlong_buffer tokens before rollout.max_new_tokens (0 = off); mask_truncated drops completions
+    # cut at max_new_tokens from the loss (overlong filtering; they still count in their group's baseline).
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    mask_truncated: bool = False
+    # Rollout/trainer mismatch: weight each token's loss by rho = pi_trainer / pi_rollout, capped
+    # ("truncate", TIS, Yao et al. 2025) or zeroed above the cap ("mask", MIS, Liu et al. 2025); per
+    # "token" or per "sequence" (length-normalised). "none": only measured (mismatch/* metrics).
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0
+    rollout_correction_level: str = "token"
 
 
 @dataclass
@@ -165,6 +195,8 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         set_key(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    from aha.validation import validate  # it reads these dataclasses
+
     validate(cfg)
     return cfg
 
@@ -259,96 +291,6 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return str(value)
         raise ConfigError(f"config key {name!r}: expected a string, got {value!r}")
     return value
-
-
-_CHOICES = {
-    "backend": ("torch", "jax"),
-    "finetune": ("lora", "qlora", "full"),
-    "lr_schedule": ("constant", "cosine", "linear"),
-    "rollout.engine": ("hf", "native", "vllm"),
-    "algo.loss_agg": ("sequence", "token", "constant"),
-    "optimizer": ("adamw", "adamw8bit", "paged_adamw8bit"),
-}
-
-
-def validate(cfg: Config) -> None:
-    """Check values that types alone cannot: choices (engine, loss_agg, ...), ranges (counts >= 1,
-    rates >= 0, top_p in (0, 1]), at least 2 generations per group, and what backend=jax supports.
-    Returns None; raises ConfigError naming the key and the allowed values."""
-    for key, allowed in _CHOICES.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
-    positive = ["max_steps", "prompts_per_step", "rollout.num_generations", "rollout.max_new_tokens",
-                "algo.mu", "micro_batch_tokens", "logprob_chunk", "lora.r", "keep_last"]
-    for key in positive:
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {_get(cfg, key)}")
-    non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
-                    "algo.epsilon_high", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
-                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
-                    "lora.last_layers"]
-    for key in non_negative:
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")
-    if cfg.rollout.top_p > 1:
-        raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
-    if cfg.rollout.num_generations < 2:
-        raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
-    greedy = greedy_setting(cfg.rollout)
-    if greedy:
-        raise ConfigError(f"{greedy} makes sampling greedy: the G completions of every prompt would be identical, "
-                          "every group's advantage zero and nothing learned; sample for training "
-                          "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
-    if cfg.backend == "jax":
-        validate_jax(cfg)
-    if cfg.report_table_every < 0:
-        raise ConfigError(f"config key 'report_table_every' must be >= 0, got {cfg.report_table_every}")
-    check_trackers(cfg.report_to, cfg.tensorboard)  # a missing tracker package stops here, before any model loads
-
-
-def greedy_setting(rollout: RolloutConfig) -> str | None:
-    """The setting that makes rollouts greedy (one token kept at every step), or None. Greedy
-    groups are degenerate: equal completions, equal rewards, zero advantages, no gradient."""
-    if rollout.temperature == 0:
-        return "rollout.temperature=0"
-    if rollout.top_k == 1:
-        return "rollout.top_k=1"
-    # The nucleus keeps the most likely token alone whenever its probability reaches top_p, and over
-    # V tokens that probability is at least 1/V: top_p <= 1/V is greedy at every step. 2**18 bounds
-    # the vocabularies in use (Gemma's 256k), so below 2**-18 that holds for any model.
-    if rollout.top_p <= 2**-18:
-        return f"rollout.top_p={rollout.top_p:g}"
-    return None
-
-
-def validate_jax(cfg: Config) -> None:
-    """What backend=jax does not do (yet), each with the fix."""
-    fix = "; use backend=torch for it"
-    if cfg.finetune != "lora":
-        raise ConfigError(f"backend=jax trains LoRA adapters only, not finetune={cfg.finetune}: set finetune=lora{fix}")
-    if cfg.optimizer != "adamw":
-        raise ConfigError(f"optimizer={cfg.optimizer} is a bitsandbytes CUDA optimizer: set optimizer=adamw "
-                          "(optax AdamW) with backend=jax")
-    if cfg.rollout.engine == "vllm":
-        raise ConfigError("backend=jax samples with its own jitted sampler, not vLLM: drop rollout.engine=vllm")
-    if not (cfg.device == "auto" or cfg.device == "cpu"):
-        raise ConfigError(f"backend=jax picks its devices itself (all TPU cores / GPUs): set device=auto "
-                          f"(or device=cpu), not {cfg.device!r}")
-    if cfg.dtype == "float16":
-        raise ConfigError("backend=jax computes in bfloat16 or float32: set dtype=bfloat16 (or auto)")
-    if cfg.lora.dropout > 0:
-        raise ConfigError("backend=jax has no LoRA dropout: set lora.dropout=0" + fix)
-    if cfg.lora.last_layers:
-        raise ConfigError("backend=jax adapts every layer: set lora.last_layers=0" + fix)
-    if cfg.rollout.batch_size:
-        raise ConfigError("backend=jax generates a step's rollouts in one batch: set rollout.batch_size=0")
-
-
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 # ---- resuming: what may differ between a checkpoint's config and the current one ----

@@ -110,8 +110,8 @@ class LogprobNet(nn.Module):
         super().__init__()
         self.model, self.fn = model, fn
 
-    def forward(self, mb: dict[str, torch.Tensor], temperature: float, chunk: int):
-        return self.fn(self.model, mb, temperature, chunk)
+    def forward(self, mb: Any, temperature: float, chunk: int, **options: Any):  # mb: update.MicroBatch
+        return self.fn(self.model, mb, temperature, chunk, **options)
 
 
 def wrap(model: nn.Module, fn: Callable[..., Any], d: Dist) -> nn.Module:

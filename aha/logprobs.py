@@ -12,10 +12,16 @@ gradient through the shared keys and values is the sum over the G rows, so the r
 as the per-row computation (tested). It needs the KV cache inside the differentiable forward, which
 transformers turns off under gradient checkpointing; `batch_logprobs` then uses the per-row path
 for the passes that need a backward (the no-grad reference / old-policy passes still share).
+
+`support=(top_k, top_p)` adds a third output: the log-probs renormalised over the tokens a top-k / top-p
+sampler keeps at each position (what a rollout engine reports for the tokens it sampled), so the
+rollout/trainer mismatch compares like with like. `entropy_grad=True` keeps the entropy in the graph
+(the entropy bonus).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,24 +39,43 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+Support = tuple[int, float]  # (top_k, top_p) of the sampler: 0 / 1.0 = no truncation
+
+
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    temperature: float, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden (B, c, H), targets (B, c) -> (log p of targets (B, c), entropy (B, c), no grad)."""
+                    temperature: float, softcap: float | None, support: Support | None = None,
+                    entropy_grad: bool = False) -> tuple[torch.Tensor, ...]:
+    """hidden (B, c, H), targets (B, c) -> (log p of targets (B, c), entropy (B, c)[, log p on the
+    sampler's support (B, c), no grad])."""
     logits = F.linear(hidden, weight, bias).float()  # (B, c, V)
     if softcap:  # Gemma 2 squashes final logits with tanh
         logits = torch.tanh(logits / softcap) * softcap
     logits = logits / temperature
     logz = torch.logsumexp(logits, dim=-1)  # (B, c)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-    with torch.no_grad():  # entropy is a metric only; keep it out of the graph
+    with nullcontext() if entropy_grad else torch.no_grad():  # a metric only, unless there is a bonus
         probs = torch.softmax(logits, dim=-1)
         entropy = logz - (probs * logits).sum(-1)
-    return logp, entropy
+    if support is None:
+        return logp, entropy
+    return logp, entropy, _support_logp(logits.detach(), logp.detach(), logz.detach(), support)
+
+
+def _support_logp(logits: torch.Tensor, logp: torch.Tensor, logz: torch.Tensor, support: Support) -> torch.Tensor:
+    """log p - log(mass the sampler keeps): the log-prob under the distribution a top-k / top-p sampler
+    draws from (the same rule as the native engine's, rollout/native.py `truncate_logits`). (B, c)."""
+    top_k, top_p = support
+    if not (0 < top_k < logits.shape[-1] or top_p < 1.0):
+        return logp
+    from aha.rollout.native import truncate_logits
+
+    with torch.no_grad():
+        return logp - (torch.logsumexp(truncate_logits(logits, top_k, top_p), dim=-1) - logz)
 
 
 def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        n_completion: int, temperature: float = 1.0,
-                        chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                        n_completion: int, temperature: float = 1.0, chunk: int = 256, support: Support | None = None,
+                        entropy_grad: bool = False) -> tuple[torch.Tensor, ...]:
     """Log-probs and entropies of the last `n_completion` tokens of each row.
 
     input_ids, attention_mask: (B, T) = prompt (left-padded) + completion (right-padded).
@@ -61,30 +86,30 @@ def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attenti
                              position_ids=position_ids(attention_mask), use_cache=False)
     # The hidden state at t predicts token t + 1: positions T-C-1 .. T-2 predict the completion.
     hidden = out.last_hidden_state[:, -n_completion - 1:-1]  # (B, C, H)
-    return _head_logprobs(base, hidden, input_ids[:, -n_completion:], temperature, chunk)
+    return _head_logprobs(base, hidden, input_ids[:, -n_completion:], temperature, chunk, support, entropy_grad)
 
 
 def _head_logprobs(base: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                   chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden (B, C, H) -> (logp (B, C), entropy (B, C)), `chunk` positions of logits at a time."""
+                   chunk: int, support: Support | None = None, entropy_grad: bool = False) -> tuple[torch.Tensor, ...]:
+    """hidden (B, C, H) -> (logp (B, C), entropy (B, C)[, support logp (B, C)]), `chunk` positions of
+    logits at a time."""
     head = base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
-    logps, entropies = [], []
+    outs: list[list[torch.Tensor]] = []
     for start in range(0, hidden.shape[1], chunk):
         h, t = hidden[:, start:start + chunk], targets[:, start:start + chunk]
+        args = (h, t, head.weight, head.bias, temperature, softcap, support, entropy_grad)
         if torch.is_grad_enabled() and h.requires_grad:
-            lp, ent = checkpoint(_chunk_logprobs, h, t, head.weight, head.bias, temperature, softcap,
-                                 use_reentrant=False)
+            outs.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
-            lp, ent = _chunk_logprobs(h, t, head.weight, head.bias, temperature, softcap)
-        logps.append(lp)
-        entropies.append(ent)
-    return torch.cat(logps, dim=1), torch.cat(entropies, dim=1)
+            outs.append(_chunk_logprobs(*args))
+    return tuple(torch.cat(parts, dim=1) for parts in zip(*outs))
 
 
 def shared_prompt_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                            prompt_index: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                           temperature: float = 1.0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                           temperature: float = 1.0, chunk: int = 256, support: Support | None = None,
+                           entropy_grad: bool = False) -> tuple[torch.Tensor, ...]:
     """Log-probs and entropies of completions whose prompts are shared.
 
     prompt_ids, prompt_mask: (U, P) the distinct prompts, left-padded; prompt_index: (B,) each
@@ -105,20 +130,20 @@ def shared_prompt_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, pro
                     past_key_values=cache, use_cache=True)
     # The prompt's last hidden state predicts the first completion token; completion token t the t + 1-th.
     hidden = torch.cat([p_out.last_hidden_state[prompt_index, -1:], c_out.last_hidden_state[:, :-1]], dim=1)
-    return _head_logprobs(base, hidden, completion_ids, temperature, chunk)
+    return _head_logprobs(base, hidden, completion_ids, temperature, chunk, support, entropy_grad)
 
 
-def batch_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float = 1.0,
-                   chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float = 1.0, chunk: int = 256,
+                   support: Support | None = None, entropy_grad: bool = False) -> tuple[torch.Tensor, ...]:
     """(log-probs, entropies), each (b, C), of a micro-batch from `update.micro_batches`: the
     shared-prompt path unless the model is gradient-checkpointed and gradients are wanted, then
     the per-row path."""
     base = unwrap(model)
     checkpointed = base.training and any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
 
-    def shared() -> tuple[torch.Tensor, torch.Tensor]:
+    def shared() -> tuple[torch.Tensor, ...]:
         return shared_prompt_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.prompt_index, mb.completion_ids,
-                                      mb.completion_mask, temperature, chunk)
+                                      mb.completion_mask, temperature, chunk, support, entropy_grad)
 
     if not checkpointed:
         return shared()
@@ -132,7 +157,8 @@ def batch_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float = 
             base.train()
     ids = torch.cat([mb.prompt_ids[mb.prompt_index], mb.completion_ids], dim=1)
     mask = torch.cat([mb.prompt_mask[mb.prompt_index], mb.completion_mask], dim=1)
-    return completion_logprobs(model, ids, mask, mb.completion_ids.shape[1], temperature, chunk)
+    return completion_logprobs(model, ids, mask, mb.completion_ids.shape[1], temperature, chunk, support,
+                               entropy_grad)
 
 
 def naive_completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

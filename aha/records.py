@@ -120,3 +120,20 @@ def step_metrics(records: Sequence[CompletionRecord], frac_zero_std: float, stat
         "step_time": times.step, "gen_time": times.gen, "score_time": times.score,
         "update_time": times.update, "epoch": epoch,
     }
+
+
+MISMATCH_KEYS = ("mismatch/kl", "mismatch/max_abs_logp_diff")  # update.Mismatch.metrics
+
+
+def variant_metrics(mismatch: dict[str, float] | None, drop_zero_std: bool, extra_rounds: int, kept_groups: float,
+                    overlong_penalty: float | None = None) -> dict[str, float]:
+    """The step's figures beyond `step_metrics`, in one order for both backends: the rollout/trainer
+    mismatch (`mismatch/*`, every step; NaN where the engine returns no log-probs, as the JAX sampler),
+    DAPO's dynamic sampling (`dynamic/*`, under algo.drop_zero_std: refill rounds used, groups kept)
+    and its overlong shaping (`reward/overlong_penalty`, the mean penalty, when it is on)."""
+    out = dict(mismatch) if mismatch else dict.fromkeys(MISMATCH_KEYS, float("nan"))
+    if drop_zero_std:
+        out.update({"dynamic/extra_rounds": float(extra_rounds), "dynamic/kept_groups": kept_groups})
+    if overlong_penalty is not None:
+        out["reward/overlong_penalty"] = overlong_penalty
+    return out

@@ -216,8 +216,8 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
     save(fig, ax, "reflection.png", "Reflection-phrase rate (\"wait\", \"let me check\", ...)",
          "Share of completions with a reflection phrase (aha.log.REFLECTION_PHRASES)", "fraction")
 
-    health = [k for k in ("frac_zero_std", "answer_collapse", "truncated_rate", "entropy", "kl", "grad_norm", "clip_frac")
-              if series(rows, k)[0]]
+    health = [k for k in ("frac_zero_std", "answer_collapse", "truncated_rate", "entropy", "kl", "grad_norm", "clip_frac",
+                          "mismatch/kl", "mismatch/max_abs_logp_diff", "dynamic/extra_rounds") if series(rows, k)[0]]
     if health:
         cols = 2
         nrows = (len(health) + cols - 1) // cols
@@ -234,7 +234,7 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
         fig.savefig(out / "training.png", dpi=110)
         plt.close(fig)
         made.append(("training.png", ("Training health: groups with no reward spread, truncation, entropy, KL, "
-                                      "gradient norm, clipping")))
+                                      "gradient norm, clipping, the engine/trainer mismatch, DAPO's refill rounds")))
     return made
 
 

@@ -2,7 +2,9 @@
 -> advantages -> update) -> log -> eval -> checkpoint.
 
 Read `train()` first, then `grpo_step()`: together they are the algorithm's control flow. The
-arithmetic is in algo.py, the update's bookkeeping in update.py, the memory-lean log-probs in
+arithmetic is in algo.py (its variants are `algo.*` knobs), DAPO's dynamic sampling with refill in
+dynamic_sampling.py, the update's bookkeeping in update.py (which also measures how far the rollout
+engine's sampled log-probs are from the trainer's, `mismatch/*`), the memory-lean log-probs in
 logprobs.py; the prompt order, the lr schedule, the step records and metrics, the run directory
 and the seeds are in data.py, schedule.py, records.py, log.py, ckptdir.py and seeding.py, which
 the JAX loop (aha/jax/train.py) shares. `bench/step.py` times `grpo_step` itself.
@@ -25,20 +27,22 @@ import torch
 import yaml
 
 from aha import checkpoint, distributed
-from aha.algo import group_advantages
+from aha.algo import compute_advantages, overlong_penalty
 from aha.ckptdir import checkpoint_to_resume
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
+from aha.dynamic_sampling import Sampled, dynamic_sample, has_spread
 from aha.log import log_step, open_run
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy, trainable_parameters
 from aha.optim import build_optimizer
-from aha.records import CompletionRecord, StepTimes, UpdateStats, completion_records, probe_record, step_metrics
+from aha.records import (CompletionRecord, StepTimes, UpdateStats, completion_records, probe_record, step_metrics,
+                         variant_metrics)
 from aha.rollout import Rollout, SamplingParams, generate, render_prompt
 from aha.schedule import lr_lambda
 from aha.seeding import sampling_seed, seed_rngs
 from aha.tasks import Example, Task, get_task
-from aha.update import policy_update
+from aha.update import Mismatch, policy_update
 
 
 def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Path:
@@ -73,30 +77,33 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     if cfg.eval_every and state["step"] == 0 and d.main:  # the untrained policy: the baseline to beat
         logger.log_metrics(0, held_out_eval(learner, task, cfg, logger, 0))
     learner.model.train()
+
+    def draw() -> list[Example]:
+        """1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints. Every
+        rank draws the same prompts_per_step prompts and takes its share."""
+        examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
+        return distributed.shard(examples, d)
+
     no_signal = 0  # consecutive steps in which every group's rewards were equal
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
-        # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
-        # Every rank draws the same prompts and takes its share.
-        examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
-        examples = distributed.shard(examples, d)
-
-        # 2-5. Rollout, score, advantages, update.
-        res = grpo_step(learner, task, examples, cfg, sampling)
+        # 1-5. Prompts, rollout, score, advantages, update (`draw` again for DAPO's refill).
+        res = grpo_step(learner, task, draw(), cfg, sampling, draw=draw)
 
         # 6. Log: rank 0 gathers every rank's records and computes what a 1-process run would.
         records = [rec for rank_records in distributed.gather(res.records, d) for rec in rank_records]
-        n_zero = distributed.all_sum([res.zero_std.float().sum().item()], d)[0]
+        n_zero, n_groups = distributed.all_sum([res.zero_std.float().sum().item(), float(len(res.zero_std))], d)
         if d.main:
             _, t_gen, t_score, t_end = res.marks
             times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
-            metrics = step_metrics(records, n_zero / cfg.prompts_per_step, res.stats,
+            metrics = step_metrics(records, n_zero / n_groups, res.stats,
                                    learner.scheduler.get_last_lr()[0], times, state["epoch"], r.num_generations)
+            metrics.update(res.extra)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 metrics.update(held_out_eval(learner, task, cfg, logger, step))
             log_step(logger, progress, cfg, step, metrics, records, lambda: probe(learner, task, cfg))
             # A run whose groups all carry equal rewards learns nothing: say so while it runs.
-            no_signal = no_signal + 1 if n_zero == cfg.prompts_per_step else 0
+            no_signal = no_signal + 1 if n_zero == n_groups else 0
             if cfg.warn_no_signal_steps and no_signal == cfg.warn_no_signal_steps:
                 print(no_signal_warning(no_signal, metrics), file=sys.stderr, flush=True)
 
@@ -148,47 +155,77 @@ def build_learner(cfg: Config, device: str, d: distributed.Dist = distributed.Di
 
 @dataclass
 class StepResult:
-    """What one GRPO step produced on this rank (N = its prompts x G rows)."""
+    """What one GRPO step produced on this rank (N = its prompts x G rows, over every sampling round)."""
 
     rollout: Rollout  # (N, ...) the sampled completions
     records: list[CompletionRecord]  # (N,) one per completion, in rollout order
     zero_std: torch.Tensor  # (N / G,) bool: groups whose G rewards were all equal (no signal)
     stats: UpdateStats  # the update's figures (summed over ranks)
     marks: tuple[Any, Any, Any, Any]  # clock() at the start, after rollout, after scoring, after the update
+    extra: dict[str, float]  # records.variant_metrics: mismatch/*, and dynamic/* and overlong shaping when on
 
 
 def grpo_step(learner: Learner, task: Task, examples: Sequence[Example], cfg: Config, sampling: SamplingParams,
-              clock: Callable[[], Any] = time.perf_counter) -> StepResult:
+              clock: Callable[[], Any] = time.perf_counter,
+              draw: Callable[[], Sequence[Example]] | None = None) -> StepResult:
     """One GRPO step on `examples` (this rank's prompts): G completions each from the current
-    policy, the task's rewards, group-relative advantages, and `algo.mu` optimizer steps.
+    policy, the task's rewards, the advantages (algo.baseline / algo.scale_rewards), and `algo.mu`
+    optimizer steps.
 
-    `clock` is read at the phase boundaries (`StepResult.marks`): the loop times with the default,
-    bench/step.py with a clock that also synchronizes CUDA and reads the CPU time.
+    `draw` gives this rank's share of the next prompts_per_step prompts: DAPO's dynamic sampling
+    (algo.drop_zero_std, algo.max_refill_rounds > 0) calls it to refill the groups it dropped; without
+    it there is no refill. `clock` is read at the phase boundaries (`StepResult.marks`): the loop times
+    with the default, bench/step.py with a clock that also synchronizes CUDA and reads the CPU time.
+    With refill rounds the marks are the last round's, so "rollout" also covers earlier rounds' scoring.
     """
-    G = cfg.rollout.num_generations
-    t0 = clock()
-    # Rollout: G completions per prompt; a prompt's G rows are adjacent (a group).
-    rows_examples = [ex for ex in examples for _ in range(G)]
-    ro = generate(learner.model, learner.tokenizer, [ex.prompt for ex in rows_examples], sampling,
-                  cfg.rollout.engine, cfg.rollout.batch_size)
-    t_gen = clock()
+    G, a, d = cfg.rollout.num_generations, cfg.algo, learner.d
+    marks = [clock()] * 3
+    pending, records = [examples], []
 
-    # Score: the task's rule-checked rewards; accuracy and format are separate, unpaid figures.
-    scores = [task.score(text, ex) for text, ex in zip(ro.texts, rows_examples)]
-    records = completion_records(task, rows_examples, ro.texts, scores, ro.completion_mask.sum(dim=1), ro.truncated)
-    t_score = clock()
+    def sample_round() -> Sampled:
+        # Rollout: G completions per prompt; a prompt's G rows are adjacent (a group).
+        rows_examples = [ex for ex in (pending.pop() if pending else draw()) for _ in range(G)]
+        ro = generate(learner.model, learner.tokenizer, [ex.prompt for ex in rows_examples], sampling,
+                      cfg.rollout.engine, cfg.rollout.batch_size)
+        marks[1] = clock()
+        # Score: the task's rule-checked rewards (plus DAPO's overlong shaping, 0 when off); accuracy and
+        # format are separate, unpaid figures.
+        scores = [task.score(text, ex) for text, ex in zip(ro.texts, rows_examples)]
+        lengths = ro.completion_mask.sum(dim=1)
+        records.extend(completion_records(task, rows_examples, ro.texts, scores, lengths, ro.truncated))
+        rewards = torch.tensor([total for total, _ in scores]) + overlong_penalty(  # (N,)
+            lengths.cpu(), cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty)
+        marks[2] = clock()
+        return Sampled(rows_examples, ro, scores, rewards)
 
-    # Advantages within each group; all-equal groups carry no signal (optionally dropped, DAPO).
-    rewards = torch.tensor([total for total, _ in scores])  # (N,)
-    advantages, zero_std = group_advantages(rewards, G, scale=cfg.algo.scale_rewards)
-    rows = torch.arange(len(rows_examples))
-    if cfg.algo.drop_zero_std:
-        rows = rows[~zero_std.repeat_interleave(G)]
+    # DAPO's dynamic sampling: all-equal groups are dropped (drop_zero_std) and refilled from more
+    # prompts, up to max_refill_rounds extra rounds; without drop_zero_std every group is kept.
+    batch, keep, extra_rounds = dynamic_sample(sample_round, G, cfg.prompts_per_step, a.drop_zero_std,
+                                               a.max_refill_rounds if draw else 0, learner.tokenizer.pad_token_id, d)
+    ro = batch.ro
+
+    # Advantages over the kept groups (batch statistics over every rank's); all-equal groups carry no
+    # signal. Overlong filtering (algo.mask_truncated) then masks truncated completions out of the loss.
+    rows = keep.nonzero().squeeze(1)
+    kept_adv, _ = compute_advantages(batch.rewards[rows], G, a.baseline, a.scale_rewards,
+                                     all_sum=lambda xs: distributed.all_sum(xs, d))
+    advantages = torch.zeros(len(batch.group))
+    advantages[rows] = kept_adv
+    zero_std = ~has_spread(batch.rewards, G)  # every group sampled this step
+    if a.mask_truncated:
+        rows = rows[~ro.truncated.cpu()[rows]]
 
     # Update: mu optimizer steps over these rollouts, micro-batched by a token budget.
+    mismatch = Mismatch()
     stats = policy_update(learner.model, ro, advantages, rows, learner.optimizer, learner.scheduler, cfg,
-                          learner.ref_model, learner.net, learner.d)
-    return StepResult(ro, records, zero_std, stats, (t0, t_gen, t_score, clock()))
+                          learner.ref_model, learner.net, d, mismatch=mismatch)
+    t_end = clock()
+    task_rewards = torch.tensor([total for total, _ in batch.scores])
+    n_kept, shaping, n = distributed.all_sum([keep.sum().item() / G, (batch.rewards - task_rewards).sum().item(),
+                                              float(len(batch.group))], d)
+    extra = variant_metrics(mismatch.metrics(d), a.drop_zero_std, extra_rounds, n_kept,
+                            shaping / n if a.overlong_buffer else None)
+    return StepResult(ro, records, zero_std, stats, (marks[0], marks[1], marks[2], t_end), extra)
 
 
 def held_out_eval(learner: Learner, task: Task, cfg: Config, logger: Any, step: int) -> dict[str, float]:

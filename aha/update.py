@@ -1,7 +1,10 @@
 """The torch policy update: a step's rollouts packed into micro-batches by a token budget, then
 `algo.mu` optimizer steps of the GRPO loss over them, gradients accumulated across micro-batches
 (and all-reduced across ranks under torchrun). The arithmetic is in algo.py, the memory-lean
-log-probs in logprobs.py; this file is the bookkeeping around them.
+log-probs in logprobs.py; this file is the bookkeeping around them. The loss's variants are
+`algo.*` knobs (algo.policy_loss); with the rollout engine's own log-probs (`Rollout.logprobs`) the
+update also measures how far the engine samples from the trainer (`Mismatch`) and can correct for it
+(TIS / MIS, `algo.rollout_correction`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from typing import Any
 import torch
 
 from aha import distributed
-from aha.algo import loss_weights, policy_loss
+from aha.algo import loss_weights, mismatch_stats, policy_loss, rollout_is_weight
 from aha.config import Config
 from aha.logprobs import batch_logprobs
-from aha.records import UpdateStats
+from aha.records import MISMATCH_KEYS, UpdateStats
 from aha.rollout import Rollout
 
 
@@ -30,6 +33,27 @@ class MicroBatch:
     completion_ids: torch.Tensor  # (b, C) right-padded, trimmed to the longest
     completion_mask: torch.Tensor  # (b, C) 1 on completion tokens (EOS included)
     advantages: torch.Tensor  # (b,) each row's group-relative advantage
+    rollout_logprobs: torch.Tensor | None = None  # (b, C) the rollout engine's log-probs of these tokens
+
+
+class Mismatch:
+    """How far the rollout engine's sampled log-probs are from the trainer's (algo.mismatch_stats),
+    summed over a step's micro-batches: `policy_update` adds to it, the step logs `metrics`."""
+
+    def __init__(self) -> None:
+        self.kl_sum, self.max_abs, self.tokens = 0.0, 0.0, 0.0
+
+    def add(self, trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> None:
+        kl_sum, max_abs, n = mismatch_stats(trainer_logp, rollout_logp, mask)
+        self.kl_sum, self.max_abs, self.tokens = self.kl_sum + kl_sum, max(self.max_abs, max_abs), self.tokens + n
+
+    def metrics(self, d: distributed.Dist = distributed.Dist()) -> dict[str, float]:
+        """mismatch/kl (mean per token) and mismatch/max_abs_logp_diff over every rank (a collective);
+        NaN when nothing was measured on any rank (no engine log-probs, or the update was skipped)."""
+        kl_sum, tokens = distributed.all_sum([self.kl_sum, self.tokens], d)
+        if tokens == 0:
+            return dict.fromkeys(MISMATCH_KEYS, float("nan"))
+        return dict(zip(MISMATCH_KEYS, (kl_sum / tokens, max(distributed.gather(self.max_abs, d)))))
 
 
 def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor, token_budget: int) -> list[MicroBatch]:
@@ -66,22 +90,28 @@ def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor, tok
             prompt_ids=ro.prompt_ids[reps, P - pw:], prompt_mask=ro.prompt_mask[reps, P - pw:],
             prompt_index=torch.tensor([order[prompt_of[r]] for r in pack]).to(device),
             completion_ids=ro.completion_ids[idx, :cw], completion_mask=ro.completion_mask[idx, :cw],
-            advantages=advantages[idx].to(device)))
+            advantages=advantages[idx].to(device),
+            rollout_logprobs=None if ro.logprobs is None else ro.logprobs[idx, :cw]))
     return out
 
 
 def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor, rows: torch.Tensor,
                   optimizer: torch.optim.Optimizer, scheduler: Any, cfg: Config,
                   ref_model: torch.nn.Module | None = None, net: torch.nn.Module | None = None,
-                  d: distributed.Dist = distributed.Dist()) -> UpdateStats:
+                  d: distributed.Dist = distributed.Dist(), mismatch: Mismatch | None = None) -> UpdateStats:
     """`algo.mu` optimizer steps on the rows `rows` (R,) of a rollout, with `advantages` (N,).
 
     `net` is `distributed.wrap(model, batch_logprobs, d)` (built once by the loop); under torchrun
     each rank passes its own rollout and the result is the 1-process update on all ranks' rows.
     `ref_model`: the frozen reference of full fine-tuning (LoRA disables its adapters instead).
+    `mismatch`: where the rollout/trainer mismatch of the policy before this update is added, when the
+    rollout carries the engine's log-probs (a collective: every rank passes one, or none does).
     """
     a = cfg.algo
     temperature = cfg.rollout.temperature or 1.0  # log-probs of the distribution we sampled from
+    # The trainer's log-probs renormalised over the sampler's top-k / top-p support: what the rollout
+    # engine's log-probs are comparable with (the mismatch metrics, TIS / MIS).
+    support = (cfg.rollout.top_k, cfg.rollout.top_p)
     net = net if net is not None else distributed.wrap(model, batch_logprobs, d)
     cmask = ro.completion_mask
     # The loss weights use the global batch (all ranks), so the ranks' losses sum to the 1-process loss.
@@ -91,9 +121,11 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
     # A rank whose groups were all dropped still joins DDP's all-reduce, with a zero-weighted row.
     idle = len(rows) == 0
     batches = micro_batches(ro, torch.arange(1) if idle else rows, advantages, cfg.micro_batch_tokens)
+    if a.rollout_correction != "none" and ro.logprobs is None:
+        raise ValueError("algo.rollout_correction needs the rollout engine's log-probs (Rollout.logprobs)")
 
-    def logprobs(mb: MicroBatch, m: torch.nn.Module = model) -> torch.Tensor:
-        return batch_logprobs(m, mb, temperature, cfg.logprob_chunk)[0]
+    def logprobs(mb: MicroBatch, m: torch.nn.Module = model) -> tuple[torch.Tensor, ...]:
+        return batch_logprobs(m, mb, temperature, cfg.logprob_chunk, support=support)
 
     with torch.no_grad():
         # mu > 1 reuses these rollouts for several optimizer steps: the ratio needs the log-probs
@@ -102,10 +134,10 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
         ref = None
         if a.beta > 0:
             if ref_model is not None:
-                ref = [logprobs(mb, ref_model) for mb in batches]
+                ref = [logprobs(mb, ref_model)[0] for mb in batches]
             else:
                 with model.disable_adapter():  # LoRA: the base model is the reference
-                    ref = [logprobs(mb) for mb in batches]
+                    ref = [logprobs(mb)[0] for mb in batches]
 
     loss_sum = kl_sum = clip_sum = entropy_sum = 0.0
     params = [p for p in model.parameters() if p.requires_grad]
@@ -113,19 +145,31 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
         optimizer.zero_grad(set_to_none=True)
         for i, mb in enumerate(batches):
             with distributed.no_sync(net, sync=i == len(batches) - 1):  # one all-reduce, after the last
-                logp, entropy = net(mb, temperature, cfg.logprob_chunk)  # (b, C)
+                logp, entropy, support_logp = net(mb, temperature, cfg.logprob_chunk, support=support,
+                                                  entropy_grad=a.entropy_coef > 0)  # (b, C)
+                old_logp, old_support = (old[i][0], old[i][2]) if old else (logp.detach(), support_logp)
                 w = loss_weights(mb.completion_mask, a.loss_agg, n_seqs, n_tokens, cfg.rollout.max_new_tokens)
                 if idle:
                     w = w * 0.0
-                loss, st = policy_loss(logp, old[i] if old else logp.detach(), mb.advantages, w, a.epsilon_low,
-                                       a.epsilon_high, a.beta, ref[i] if ref else None)
+                is_weight = None
+                if mb.rollout_logprobs is not None:
+                    if it == 0 and not idle and mismatch is not None:
+                        mismatch.add(old_support, mb.rollout_logprobs, mb.completion_mask)
+                    if a.rollout_correction != "none":
+                        is_weight = rollout_is_weight(old_support, mb.rollout_logprobs, mb.completion_mask,
+                                                      a.rollout_correction_cap, a.rollout_correction,
+                                                      a.rollout_correction_level)
+                loss, st = policy_loss(logp, old_logp, mb.advantages, w, a.epsilon_low, a.epsilon_high, a.beta,
+                                       ref[i] if ref else None, ratio=a.ratio, surrogate=a.surrogate,
+                                       dual_clip=a.dual_clip, mask=mb.completion_mask, is_weight=is_weight,
+                                       entropy=entropy, entropy_coef=a.entropy_coef)
                 # DDP averages gradients over ranks; the global loss is their sum, hence * world.
                 (loss * d.world).backward()
             if it == a.mu - 1 and not idle:  # report the last inner iteration's figures
                 loss_sum += loss.item()
                 kl_sum += st["kl"].item() if "kl" in st else 0.0
                 clip_sum += st["clip_frac"].item()
-                entropy_sum += (entropy * mb.completion_mask).sum().item()
+                entropy_sum += (entropy.detach() * mb.completion_mask).sum().item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()

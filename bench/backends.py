@@ -8,7 +8,7 @@ then `backend=jax`, each in its own process, timed by the loop's own per-step fi
 The first `--warmup` steps are left out: JAX compiles its sampler and update there (and torch warms
 its allocator). Completions end at EOS on both sides, so the sides can sample different lengths:
 compare `gen_tokens_per_s` and `update_s_per_1k_tokens` as well as the step time. The config must
-suit both backends (LoRA on every layer, no vLLM; see `aha.config.validate_jax`).
+suit both backends (LoRA on every layer, no vLLM; see `aha.validation.validate_jax`).
 """
 
 from __future__ import annotations

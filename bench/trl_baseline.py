@@ -92,7 +92,7 @@ def run_trl(cfg: Config, steps: int, warmup: int, fixed_length: bool, rows_per_f
         # Fixed length: exactly max_new_tokens per completion on both sides (aha: ignore_eos).
         generation_kwargs={"min_new_tokens": r.max_new_tokens} if fixed_length else None,
         beta=a.beta, num_iterations=a.mu, epsilon=a.epsilon_low, epsilon_high=a.epsilon_high,
-        loss_type=LOSS_TYPE[a.loss_agg], scale_rewards="group" if a.scale_rewards else "none",
+        loss_type=LOSS_TYPE[a.loss_agg], scale_rewards=a.scale_rewards,  # group | batch | none (validated)
         reward_weights=[w for _, w in task.rewards.values()],
         learning_rate=cfg.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm,

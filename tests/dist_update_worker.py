@@ -2,7 +2,11 @@
 takes its share of the prompts) or as a plain process (one rank, every prompt). Rank 0 saves the
 updated trainable weights and the update's metrics to OUT.
 
-    python tests/dist_update_worker.py OUT [--drop G ...] [key=value ...]
+    python tests/dist_update_worker.py OUT [--drop G ...] [--rewards] [key=value ...]
+
+--rewards: the advantages come from fixed rewards through the configured estimator (batch statistics
+summed over ranks) instead of being fixed. The rollout carries engine log-probs near the model's own
+(seeded noise), so the mismatch metrics and TIS / MIS have something to measure.
 """
 
 import sys
@@ -15,7 +19,8 @@ from aha.config import load_config
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy
 from aha.rollout import Rollout
-from aha.update import policy_update
+from aha.algo import compute_advantages
+from aha.update import Mismatch, micro_batches, policy_update
 
 N_PROMPTS, G, P, C = 4, 2, 6, 5
 
@@ -38,28 +43,43 @@ def fixed_rollout() -> tuple[Rollout, torch.Tensor]:
 def main() -> None:
     out, args = sys.argv[1], sys.argv[2:]
     dropped = {int(args[i + 1]) for i, a in enumerate(args) if a == "--drop"}
-    overrides = [a for i, a in enumerate(args) if a != "--drop" and (i == 0 or args[i - 1] != "--drop")]
+    from_rewards = "--rewards" in args
+    overrides = [a for i, a in enumerate(args)
+                 if a not in ("--drop", "--rewards") and (i == 0 or args[i - 1] != "--drop")]
     d, device = distributed.setup("cpu")
     cfg = load_config("smoke", ["max_grad_norm=0", *overrides])
     torch.manual_seed(0)
     model = load_policy("random:tiny-qwen2", "lora", cfg.lora, device, seed=3).model
     ro, adv = fixed_rollout()
+    (mb,) = micro_batches(ro, torch.arange(N_PROMPTS * G), adv, 10_000)
+    with torch.no_grad():
+        logp = batch_logprobs(model, mb)[0]
+    noise = torch.randn(logp.shape, generator=torch.Generator().manual_seed(1)) * 0.3
+    ro.logprobs = (logp + noise) * ro.completion_mask  # what a slightly different engine would report
     rows = torch.tensor([r for r in range(N_PROMPTS * G) if r // G not in dropped])
     # This rank's share: whole prompts (a group never spans ranks), as train() shards them.
     per = N_PROMPTS * G // d.world
     lo, hi = d.rank * per, (d.rank + 1) * per
     local = Rollout(ro.prompt_ids[lo:hi], ro.prompt_mask[lo:hi], ro.completion_ids[lo:hi],
-                    ro.completion_mask[lo:hi], ro.texts[lo:hi], ro.truncated[lo:hi])
+                    ro.completion_mask[lo:hi], ro.texts[lo:hi], ro.truncated[lo:hi], ro.logprobs[lo:hi])
     local_rows = rows[(rows >= lo) & (rows < hi)] - lo
+    local_adv = adv[lo:hi]
+    if from_rewards:  # one group with equal rewards: it keeps r - mean(batch) under a batch baseline
+        rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.7, 0.1, 2.0, -1.0])[lo:hi]
+        local_adv, _ = compute_advantages(rewards, G, cfg.algo.baseline, cfg.algo.scale_rewards,
+                                          all_sum=lambda xs: distributed.all_sum(xs, d))
     # Plain SGD: its update is proportional to the gradient, so a wrong gradient scale shows.
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
     net = distributed.wrap(model, batch_logprobs, d)
-    stats = policy_update(model, local, adv[lo:hi], local_rows, opt, sched, cfg, None, net, d)
+    mismatch = Mismatch()
+    stats = policy_update(model, local, local_adv, local_rows, opt, sched, cfg, None, net, d, mismatch=mismatch)
+    stats = {**asdict(stats), **mismatch.metrics(d)}
+    advs = torch.cat(distributed.gather(local_adv, d))
     if d.main:
         weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save({"weights": weights, "stats": asdict(stats), "world": d.world}, out)
+        torch.save({"weights": weights, "stats": stats, "world": d.world, "adv": advs}, out)
     distributed.shutdown(d)
 
 

@@ -35,6 +35,14 @@ def _run(cmd: list[str]) -> None:
     ["micro_batch_tokens=16"],  # several micro-batches, a different number on each rank
     ["algo.loss_agg=token", "algo.beta=0.1", "algo.mu=2"],  # KL to the adapter-less base, two inner steps
     ["--drop", "2", "--drop", "3", "algo.loss_agg=constant"],  # rank 1's groups all dropped: it idles
+    # issue 16's variants: GSPO's sequence ratio with an entropy bonus; CISPO with TIS; REINFORCE++'s batch
+    # baseline and scale (statistics over both ranks) with the dual clip and sequence-level MIS
+    ["algo.ratio=sequence", "algo.epsilon_low=0.01", "algo.epsilon_high=0.02", "algo.mu=2", "algo.entropy_coef=0.05",
+     "micro_batch_tokens=16"],
+    ["algo.surrogate=reinforce", "algo.epsilon_low=1", "algo.epsilon_high=0.1", "algo.loss_agg=token", "algo.mu=2",
+     "algo.rollout_correction=truncate", "algo.rollout_correction_cap=1.2"],
+    ["--rewards", "algo.baseline=batch", "algo.scale_rewards=batch", "algo.dual_clip=1.5", "algo.mu=2",
+     "algo.rollout_correction=mask", "algo.rollout_correction_level=sequence", "--drop", "1"],
 ])
 def test_two_ranks_update_equals_one_rank(tmp_path, args):
     _run([sys.executable, str(WORKER), str(tmp_path / "one.pt"), *args])
@@ -46,9 +54,10 @@ def test_two_ranks_update_equals_one_rank(tmp_path, args):
         assert torch.allclose(w, two["weights"][name], atol=1e-6), name
         moved += int(w.abs().sum() > 0)
     assert moved > 0  # the update did something (LoRA B starts at zero)
-    for k in ("loss", "grad_norm", "clip_frac", "entropy"):
+    for k in ("loss", "grad_norm", "clip_frac", "entropy", "mismatch/kl", "mismatch/max_abs_logp_diff"):
         assert one["stats"][k] == pytest.approx(two["stats"][k], rel=1e-5, abs=1e-7), k
-    assert one["stats"]["grad_norm"] > 0
+    assert one["stats"]["grad_norm"] > 0 and one["stats"]["mismatch/kl"] > 0
+    assert torch.allclose(one["adv"], two["adv"], atol=1e-6)
 
 
 def _train(out: Path, *extra: str) -> None:

@@ -77,9 +77,10 @@ def run_all(model, tok, texts, params, eos):
         decoder.clear_cache()
         outs = {
             "native": native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id),
-            "modules": native.decode(decoder.Decoder(model, fused=False), ids, mask, params, eos, tok.pad_token_id),
+            "modules": native.decode(decoder.Decoder(model, fused=False), ids, mask, params, eos,
+                                     tok.pad_token_id)[0],
             "static": native.decode_static(decoder.Decoder(model, fused=False), ids, mask, params, eos,
-                                           tok.pad_token_id, compile_step=False),
+                                           tok.pad_token_id, compile_step=False)[0],
         }
     return ref, outs
 
@@ -145,8 +146,8 @@ def test_compiled_decode_step_traces(monkeypatch):
     with torch.no_grad():
         ref = hf.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)
         for _ in range(2):  # the second call reuses the cache and the compiled step
-            out = native.decode_static(dec, ids, mask, params, [tok.eos_token_id], tok.pad_token_id,
-                                       compile_step=True)
+            out, _ = native.decode_static(dec, ids, mask, params, [tok.eos_token_id], tok.pad_token_id,
+                                          compile_step=True)
             assert torch.equal(out, ref)
 
 

@@ -15,6 +15,9 @@ compilation, seconds to minutes on a TPU):
 - DAPO's dropping of all-equal groups (`algo.drop_zero_std`) zeroes their rows' loss weights
   instead of removing the rows: the same loss, a fixed batch shape;
 - each step's sampling key is fold_in(key(seed), step): resume needs no RNG state.
+Not ported (config validation refuses them, naming each): the advantage baselines and batch scaling
+other than GRPO / Dr. GRPO, GSPO's ratio, CISPO, the dual clip, the entropy bonus, DAPO's refill and
+overlong shaping / filtering, and the rollout/trainer mismatch (its sampler returns no log-probs).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from aha.ckptdir import checkpoint_to_resume
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
 from aha.log import log_step, open_run
-from aha.records import StepTimes, UpdateStats, completion_records, probe_record, step_metrics
+from aha.records import StepTimes, UpdateStats, completion_records, probe_record, step_metrics, variant_metrics
 from aha.schedule import lr_lambda
 from aha.tasks import get_task
 
@@ -118,7 +121,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         # 4. Advantages within each group; all-equal groups carry no signal (optionally weighted out).
         rewards = np.array([total for total, _ in scores], np.float32)  # (N,)
         advantages, zero_std = (np.asarray(x) for x in group_advantages(jnp.asarray(rewards), G,
-                                                                         scale=cfg.algo.scale_rewards))
+                                                                         scale=cfg.algo.scale_rewards == "group"))
         keep = ~np.repeat(zero_std, G) if cfg.algo.drop_zero_std else np.ones(n_rows, bool)  # (N,)
 
         # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches.
@@ -130,6 +133,8 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         # 6. Log: the torch loop's records and metrics.
         times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
         metrics = step_metrics(records, float(zero_std.mean()), stats, lrs[-1], times, state["epoch"], G)
+        # The torch loop's extra figures: no mismatch (NaN: the sampler returns no log-probs), no refill.
+        metrics.update(variant_metrics(None, cfg.algo.drop_zero_std, 0, float((~zero_std).sum())))
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics.update(held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, step))
         log_step(logger, progress, cfg, step, metrics, records, lambda: probe(sample, task, n_dev))

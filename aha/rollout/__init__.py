@@ -17,7 +17,8 @@ import torch
 from aha.errors import ConfigError
 from aha.tasks.base import Messages
 
-# name -> "module:function"; each function has the signature of `aha.rollout.hf.generate_ids`.
+# name -> "module:function"; each function has the signature of `aha.rollout.hf.generate_ids`
+# (with_logprobs=True: it also returns the log-probs of the tokens it sampled).
 ENGINES: dict[str, str] = {
     "hf": "aha.rollout.hf:generate_ids",
     "native": "aha.rollout.native:generate_ids",
@@ -42,6 +43,9 @@ class Rollout:
     completion_mask: torch.Tensor  # (B, C) 1 up to and including the first EOS
     texts: list[str]  # decoded completions, EOS and padding removed
     truncated: torch.Tensor  # (B,) bool: hit max_new_tokens without EOS
+    # (B, C) float32: the engine's log-prob of each sampled token under the distribution it sampled from
+    # (after temperature and top-k / top-p renormalisation), 0 at padding; None if the engine gave none.
+    logprobs: torch.Tensor | None = None
 
 
 def render_prompt(tokenizer: Any, prompt: str | Messages) -> str:
@@ -127,25 +131,50 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str | Mes
     eos = eos_token_ids(tokenizer, model)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
     step = batch_size or len(prompts)
-    pieces = []
+    pieces, logprob_pieces = [], []
     was_training = model.training
     model.eval()  # no dropout, KV cache allowed even with gradient checkpointing on
     try:
         with torch.no_grad():
             for i in range(0, len(prompts), step):
-                pieces.append(generate_ids(model, prompt_ids[i:i + step], prompt_mask[i:i + step], params,
-                                           eos, tokenizer.pad_token_id))
+                ids, logprobs = generate_ids(model, prompt_ids[i:i + step], prompt_mask[i:i + step], params,
+                                             eos, tokenizer.pad_token_id, with_logprobs=True)
+                pieces.append(ids)
+                logprob_pieces.append(logprobs)
     finally:
         model.train(was_training)
     width = max(p.shape[1] for p in pieces)
     completion_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((len(prompts), width), dtype=torch.float32, device=device)
     row = 0
-    for p in pieces:
+    for p, lp in zip(pieces, logprob_pieces):
         completion_ids[row:row + p.shape[0], :p.shape[1]] = p
+        logprobs[row:row + p.shape[0], :p.shape[1]] = lp
         row += p.shape[0]
     mask, truncated = completion_mask(completion_ids, eos if not params.ignore_eos else [])
     texts = decode_completions(tokenizer, completion_ids, mask, eos)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated, logprobs * mask)
+
+
+def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """One Rollout of several, rows in order: prompts re-padded on the left, completions on the right."""
+    P = max(r.prompt_ids.shape[1] for r in parts)
+    C = max(r.completion_ids.shape[1] for r in parts)
+
+    def pad(x: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+        extra = x.new_full((x.shape[0], width - x.shape[1]), value)
+        return torch.cat([extra, x] if left else [x, extra], dim=1)
+
+    with_logprobs = all(r.logprobs is not None for r in parts)
+    return Rollout(
+        torch.cat([pad(r.prompt_ids, P, pad_id, True) for r in parts]),
+        torch.cat([pad(r.prompt_mask, P, 0, True) for r in parts]),
+        torch.cat([pad(r.completion_ids, C, pad_id, False) for r in parts]),
+        torch.cat([pad(r.completion_mask, C, 0, False) for r in parts]),
+        [t for r in parts for t in r.texts],
+        torch.cat([r.truncated for r in parts]),
+        torch.cat([pad(r.logprobs, C, 0.0, False) for r in parts]) if with_logprobs else None,  # type: ignore[arg-type]
+    )
 
 
 def decode_completions(tokenizer: Any, completion_ids: torch.Tensor, mask: torch.Tensor,

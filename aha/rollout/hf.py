@@ -6,7 +6,12 @@ transformers fills every generation setting a call leaves unset from the model's
 instruct models), n-gram bans, `min_p`, suppressed or banned tokens, a minimum length, beams...
 Any of them changes the rollouts while the update computes log-probs of plain temperature
 sampling. So the call runs against a neutral generation config that carries only what ends a
-sequence (EOS, from the tokenizer and the model's config: `rollout.eos_token_ids`) and the pad id."""
+sequence (EOS, from the tokenizer and the model's config: `rollout.eos_token_ids`) and the pad id.
+
+With `with_logprobs`, the temperature / top-k / top-p warpers are passed to `generate` as our own
+logits processors, followed by `_SampledLogprobs`, which sees the scores `generate` samples from
+(custom processors run *before* the warpers `generate` builds from its config, so the config's
+sampling values are left neutral and the warpers come from us, in HF's order)."""
 
 from __future__ import annotations
 
@@ -34,16 +39,62 @@ def neutral_generation_config(model: torch.nn.Module, eos_ids: Sequence[int] | N
         base.generation_config = own
 
 
+class _SampledLogprobs:
+    """A logits processor that records log-softmax of the final scores of each step and, one step later
+    (when the sampled token is in input_ids), the log-prob of that token. Memory: one (B, V) row."""
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None  # (B, V) log-probs of the step not yet resolved
+        self.steps: list[torch.Tensor] = []  # (B,) per resolved step
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.steps.append(self.last.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.last = scores.float().log_softmax(dim=-1)
+        return scores
+
+    def logprobs(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        """(B, C) for the completion `generate` returned (it may have dropped its last speculative steps)."""
+        steps = list(self.steps)
+        C = completion_ids.shape[1]
+        if len(steps) < C and self.last is not None:
+            steps.append(self.last.gather(1, completion_ids[:, len(steps):len(steps) + 1]).squeeze(1))
+        out = torch.stack(steps[:C], dim=1) if steps else completion_ids.new_zeros((len(completion_ids), 0)).float()
+        return out.nan_to_num(neginf=0.0)  # padding after EOS may sit outside the kept set
+
+
+def _warpers(params: SamplingParams) -> list:
+    """HF's own sampling warpers in `generate`'s order: temperature, top-k, top-p."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out: list = []
+    if params.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k > 0:
+        out.append(TopKLogitsWarper(top_k=params.top_k))
+    if params.top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=params.top_p))
+    return out
+
+
 def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
-    """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), C <= max_new_tokens."""
-    from transformers import GenerationConfig
+                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int,
+                 with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), C <= max_new_tokens;
+    with_logprobs: (ids, the sampled tokens' log-probs (B, C) under the warped distribution)."""
+    from transformers import GenerationConfig, LogitsProcessorList
 
     greedy = params.temperature == 0
     # Sampling values are explicit, never None: None lets transformers fall back to its own
     # defaults (top_k=50). For greedy decoding they are left out (transformers warns otherwise).
     sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
     eos = None if params.ignore_eos else list(eos_ids)
+    processors, recorder = LogitsProcessorList(), _SampledLogprobs()
+    if with_logprobs:
+        if not greedy:
+            processors.extend(_warpers(params))
+            sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}  # neutral: the warpers above do it
+        processors.append(recorder)
     cfg = GenerationConfig(
         max_new_tokens=params.max_new_tokens,
         min_new_tokens=params.max_new_tokens if params.ignore_eos else 0,
@@ -54,5 +105,7 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
         **sampling,
     )
     with neutral_generation_config(model, eos, pad_id):
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=cfg)
-    return out[:, prompt_ids.shape[1]:]
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=cfg,
+                             logits_processor=processors)
+    ids = out[:, prompt_ids.shape[1]:]
+    return (ids, recorder.logprobs(ids)) if with_logprobs else ids

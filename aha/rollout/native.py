@@ -41,23 +41,39 @@ COMPACT_FRACTION = 0.125  # drop finished rows once this fraction of the batch i
 STATIC_SLOTS = 256  # compiled path: cache length rounded up to a multiple of this, so shapes repeat
 
 
+def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Logits (..., V) with -inf outside the tokens a top-k, then top-p sampler keeps (HF's semantics:
+    the top_k likeliest, then the smallest set whose renormalised probability reaches top_p). The trainer
+    uses the same rule to put its log-probs on the sampler's support (logprobs.py)."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # (..., V): mass of the strictly likelier tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return logits
+
+
 def sample(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Next tokens (B,) from last-position float32 logits (B, V): softmax(logits / T) restricted to
     the top_k tokens and to the smallest set whose probability reaches top_p (HF's semantics)."""
+    return sample_with_logprobs(logits, params)[0]
+
+
+def sample_with_logprobs(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next tokens (B,), their log-probs (B,) under the distribution they were drawn from: after the
+    temperature and the top-k / top-p renormalisation; greedy: under softmax(logits))."""
     if params.temperature == 0:
-        return logits.argmax(dim=-1)
+        tokens = logits.argmax(dim=-1)
+        return tokens, logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
     if params.temperature != 1.0:
         logits = logits / params.temperature
-    if 0 < params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # (B, V): mass of the strictly likelier tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= params.top_p, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    return sample_categorical(logits.softmax(dim=-1))
+    probs = truncate_logits(logits, params.top_k, params.top_p).softmax(dim=-1)
+    tokens = sample_categorical(probs)
+    return tokens, probs.gather(1, tokens[:, None]).squeeze(1).log()
 
 
 def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
@@ -89,14 +105,18 @@ def _invert_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
+                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int,
+                 with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), C <= max_new_tokens,
-    right-padded with pad_id after each row's EOS (the contract of `hf.generate_ids`)."""
+    right-padded with pad_id after each row's EOS (the contract of `hf.generate_ids`); with_logprobs:
+    (ids, the sampled tokens' log-probs (B, C), 0 after EOS)."""
     with torch.no_grad():
         dec = decoder_for(model, rows=prompt_ids.shape[0])
         if prompt_ids.device.type == "cuda" and os.environ.get("AHA_NATIVE_COMPILE", "1") != "0":
-            return decode_static(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id, compile_step=True)
-        return decode(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id)
+            ids, logprobs = decode_static(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id, compile_step=True)
+        else:
+            ids, logprobs = decode(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id)
+    return (ids, logprobs) if with_logprobs else ids
 
 
 # ---------------------------------------------------------------------------- prefill
@@ -149,28 +169,31 @@ def prefill(dec: Decoder, cache: StaticKVCache, prompt_ids: torch.Tensor, prompt
 # ---------------------------------------------------------------------------- decode
 
 def decode(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
-           eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
-    """Eager decode: attention reads only the slots written so far; finished rows leave the batch."""
+           eos_ids: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager decode: attention reads only the slots written so far; finished rows leave the batch.
+    -> (completion ids (B, C), their log-probs (B, C))."""
     batch, width = prompt_ids.shape
     n_new, device = params.max_new_tokens, prompt_ids.device
     cache = StaticKVCache(dec.n_layers, batch, dec.n_kv_heads, width + n_new, dec.head_dim, dec.dtype, device)
     key_valid = torch.cat([prompt_mask.bool(), prompt_mask.new_ones((batch, n_new), dtype=torch.bool)], 1)  # (B, S)
     positions = prompt_mask.sum(dim=1, keepdim=True)  # (B, 1): the first new token's position
     out = torch.full((batch, n_new), pad_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros((batch, n_new), dtype=torch.float32, device=device)
     eos = torch.tensor([] if params.ignore_eos else list(eos_ids), dtype=torch.long, device=device)
     rows = torch.arange(batch, device=device)  # live row -> output row
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # finished, not yet dropped
-    tokens = sample(prefill(dec, cache, prompt_ids, prompt_mask), params)
+    tokens, lps = sample_with_logprobs(prefill(dec, cache, prompt_ids, prompt_mask), params)
     for t in range(n_new):
         tokens = tokens.masked_fill(done, pad_id)
         out[rows, t] = tokens
+        out_lp[rows, t] = lps.masked_fill(done, 0.0)
         if t == n_new - 1:
             break
         if len(eos):
             done |= torch.isin(tokens, eos)
             n_done = int(done.sum())  # one host sync per token, as `generate`'s stopping check
             if n_done == len(rows):
-                return out[:, :t + 1]
+                return out[:, :t + 1], out_lp[:, :t + 1]
             if n_done >= COMPACT_FRACTION * len(rows):
                 live = (~done).nonzero().squeeze(1)
                 cache.keep(live)
@@ -179,20 +202,20 @@ def decode(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pa
         slot = width + t
         cache.decode(slot)
         masks = dec.masks(decode_mask, key_valid, slot)
-        tokens = sample(dec.forward(tokens[:, None], positions, masks, cache), params)
+        tokens, lps = sample_with_logprobs(dec.forward(tokens[:, None], positions, masks, cache), params)
         positions = positions + 1
-    return out
+    return out, out_lp
 
 
 def _static_step(dec: Decoder, cache: StaticKVCache, key_valid: torch.Tensor, tokens: torch.Tensor,
                  positions: torch.Tensor, slot: torch.Tensor, temperature: float, top_k: int,
-                 top_p: float) -> torch.Tensor:
+                 top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One fixed-shape decode step, model and sampling: the unit that is compiled and CUDA-graphed
-    (sampling knobs as plain numbers: the graph is specialized on them)."""
+    (sampling knobs as plain numbers: the graph is specialized on them). -> (tokens (B,), log-probs (B,))."""
     cache.decode(slot)
     masks = dec.masks(static_decode_mask, key_valid, slot)
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    return sample(dec.forward(tokens[:, None], positions, masks, cache), params)
+    return sample_with_logprobs(dec.forward(tokens[:, None], positions, masks, cache), params)
 
 
 _compiled_step = None
@@ -200,7 +223,7 @@ _static_cache: tuple[tuple, StaticKVCache] | None = None  # reused: CUDA graphs 
 
 
 def decode_static(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
-                  eos_ids: Sequence[int], pad_id: int, compile_step: bool) -> torch.Tensor:
+                  eos_ids: Sequence[int], pad_id: int, compile_step: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed-shape decode for torch.compile + CUDA graphs: the batch never shrinks (finished rows run on,
     their tokens replaced by padding), attention covers every slot under a mask, the cache length is
     rounded up to STATIC_SLOTS and the cache is kept between calls, so graphs are reused."""
@@ -223,13 +246,15 @@ def decode_static(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     key_valid = torch.cat([prompt_mask.bool(), prompt_mask.new_ones((batch, slots - width), dtype=torch.bool)], 1)
     positions = prompt_mask.sum(dim=1, keepdim=True)
     out = torch.full((batch, n_new), pad_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros((batch, n_new), dtype=torch.float32, device=device)
     eos = torch.tensor([] if params.ignore_eos else list(eos_ids), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     ends = torch.full((batch,), n_new, device=device)  # completion length of each row
-    tokens = sample(prefill(dec, cache, prompt_ids, prompt_mask), params)
+    tokens, lps = sample_with_logprobs(prefill(dec, cache, prompt_ids, prompt_mask), params)
     for t in range(n_new):
         tokens = tokens.masked_fill(done, pad_id)
         out[:, t] = tokens
+        out_lp[:, t] = lps.masked_fill(done, 0.0)
         if t == n_new - 1:
             break
         if len(eos):
@@ -240,7 +265,8 @@ def decode_static(dec: Decoder, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
                 break
         slot = torch.tensor(width + t, device=device)
         # clone: a CUDA graph's output buffer is overwritten by its next replay
-        tokens = step(dec, cache, key_valid, tokens, positions, slot, params.temperature, params.top_k,
-                      params.top_p).clone()
+        tokens, lps = (x.clone() for x in step(dec, cache, key_valid, tokens, positions, slot, params.temperature,
+                                                  params.top_k, params.top_p))
         positions = positions + 1
-    return out[:, :int(ends.max())]
+    n = int(ends.max())
+    return out[:, :n], out_lp[:, :n]

@@ -79,20 +79,23 @@ def _llm(model: torch.nn.Module, vllm: Any) -> Any:
     unwrap(model).config.save_pretrained(config_dir)
     # In-process engine: collective_rpc then hands tensors to the worker without serializing them.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # processed_logprobs (vLLM >= 0.10.2): the sampled tokens' log-probs after temperature and top-k /
+    # top-p, i.e. under the distribution actually sampled (the default, raw, ignores the temperature).
     llm = vllm.LLM(model=config_dir, load_format="dummy", skip_tokenizer_init=True,
                    dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                    gpu_memory_utilization=float(os.environ.get("AHA_VLLM_GPU_MEMORY", "0.3")),
                    enable_sleep_mode=True, worker_extension_cls="aha.rollout.vllm.WeightLoader",
                    # vLLM's own neutral defaults, never a generation_config.json's (repetition
                    # penalty, min_p, ...): the update assumes plain temperature / top-k / top-p sampling.
-                   generation_config="vllm")
+                   generation_config="vllm", logprobs_mode="processed_logprobs")
     llm.sleep(level=2)
     _engine = (id(model), llm)
     return llm
 
 
 def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int) -> torch.Tensor:
+                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int,
+                 with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), as `hf.generate_ids`."""
     vllm = _import_vllm()
     if prompt_ids.device.type != "cuda":
@@ -105,7 +108,7 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
         n=1, max_tokens=params.max_new_tokens, temperature=0.0 if greedy else params.temperature,
         top_p=1.0 if greedy else params.top_p, top_k=params.top_k if params.top_k > 0 and not greedy else -1,
         ignore_eos=params.ignore_eos, stop_token_ids=[] if params.ignore_eos else list(eos_ids),
-        detokenize=False, seed=seed) for seed in seeds]
+        detokenize=False, seed=seed, logprobs=0 if with_logprobs else None) for seed in seeds]
     prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids, prompt_mask)]
     llm.wake_up(tags=["weights"])  # weights first, KV cache after: a lower peak while loading
     try:
@@ -124,6 +127,10 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
         llm.sleep(level=2)  # free weights and KV cache for the optimizer step; weights are pushed again
     rows = [list(o.outputs[0].token_ids) for o in outputs]
     out = torch.full((len(rows), max(1, max(len(r) for r in rows))), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
+    logprobs = torch.zeros(out.shape, dtype=torch.float32)
+    for i, (r, o) in enumerate(zip(rows, outputs)):
         out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-    return out.to(prompt_ids.device)
+        if with_logprobs:  # logprobs=0: one {token id: Logprob} per position, the sampled token's
+            logprobs[i, :len(r)] = torch.tensor([step[t].logprob for t, step in zip(r, o.outputs[0].logprobs)])
+    out = out.to(prompt_ids.device)
+    return (out, logprobs.to(prompt_ids.device)) if with_logprobs else out

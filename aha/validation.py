@@ -1,0 +1,137 @@
+"""The checks `config.load_config` runs on a loaded Config, beyond types: allowed values, ranges,
+the algorithm knobs that only make sense together, and what backend=jax supports. Each failure is a
+`ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from aha.config import AlgoConfig, Config, RolloutConfig
+from aha.errors import ConfigError
+from aha.trackers import check_trackers
+
+_CHOICES = {
+    "backend": ("torch", "jax"),
+    "finetune": ("lora", "qlora", "full"),
+    "lr_schedule": ("constant", "cosine", "linear"),
+    "rollout.engine": ("hf", "native", "vllm"),
+    "algo.loss_agg": ("sequence", "token", "constant"),
+    "algo.baseline": ("group", "leave_one_out", "batch"),
+    "algo.scale_rewards": ("group", "batch", "none"),
+    "algo.ratio": ("token", "sequence"),
+    "algo.surrogate": ("clip", "reinforce"),
+    "algo.rollout_correction": ("none", "truncate", "mask"),
+    "algo.rollout_correction_level": ("token", "sequence"),
+    "optimizer": ("adamw", "adamw8bit", "paged_adamw8bit"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Check values that types alone cannot: choices (engine, loss_agg, ...), ranges (counts >= 1,
+    rates >= 0, top_p in (0, 1]), at least 2 generations per group, and what backend=jax supports.
+    Returns None; raises ConfigError naming the key and the allowed values. Also turns the older boolean
+    `algo.scale_rewards` into its string form."""
+    if isinstance(cfg.algo.scale_rewards, bool):  # the older boolean form
+        cfg.algo.scale_rewards = "group" if cfg.algo.scale_rewards else "none"
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+    positive = ["max_steps", "prompts_per_step", "rollout.num_generations", "rollout.max_new_tokens",
+                "algo.mu", "micro_batch_tokens", "logprob_chunk", "lora.r", "keep_last"]
+    for key in positive:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {_get(cfg, key)}")
+    non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
+                    "algo.epsilon_high", "algo.entropy_coef", "algo.max_refill_rounds", "algo.overlong_buffer",
+                    "algo.overlong_penalty", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
+                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
+                    "lora.last_layers"]
+    for key in non_negative:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")
+    if cfg.rollout.top_p > 1:
+        raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.rollout.num_generations < 2:
+        raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
+    greedy = greedy_setting(cfg.rollout)
+    if greedy:
+        raise ConfigError(f"{greedy} makes sampling greedy: the G completions of every prompt would be identical, "
+                          "every group's advantage zero and nothing learned; sample for training "
+                          "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
+    validate_algo(cfg)
+    if cfg.backend == "jax":
+        validate_jax(cfg)
+    if cfg.report_table_every < 0:
+        raise ConfigError(f"config key 'report_table_every' must be >= 0, got {cfg.report_table_every}")
+    check_trackers(cfg.report_to, cfg.tensorboard)  # a missing tracker package stops here, before any model loads
+
+
+def greedy_setting(rollout: RolloutConfig) -> str | None:
+    """The setting that makes rollouts greedy (one token kept at every step), or None. Greedy
+    groups are degenerate: equal completions, equal rewards, zero advantages, no gradient."""
+    if rollout.temperature == 0:
+        return "rollout.temperature=0"
+    if rollout.top_k == 1:
+        return "rollout.top_k=1"
+    # The nucleus keeps the most likely token alone whenever its probability reaches top_p, and over
+    # V tokens that probability is at least 1/V: top_p <= 1/V is greedy at every step. 2**18 bounds
+    # the vocabularies in use (Gemma's 256k), so below 2**-18 that holds for any model.
+    if rollout.top_p <= 2**-18:
+        return f"rollout.top_p={rollout.top_p:g}"
+    return None
+
+
+def validate_algo(cfg: Config) -> None:
+    """The algorithm knobs that only make sense together."""
+    a = cfg.algo
+    if a.dual_clip and (a.dual_clip <= 1 or a.surrogate != "clip"):
+        raise ConfigError(f"config key 'algo.dual_clip' must be 0 (off) or > 1 with algo.surrogate=clip, got "
+                          f"{a.dual_clip} with surrogate={a.surrogate}")
+    if a.max_refill_rounds and not a.drop_zero_std:
+        raise ConfigError("config key 'algo.max_refill_rounds' refills groups dropped for equal rewards: "
+                          "set algo.drop_zero_std=true too")
+    if a.overlong_buffer >= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"config key 'algo.overlong_buffer' ({a.overlong_buffer}) must be below "
+                          f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
+    if a.rollout_correction_cap < 1:
+        raise ConfigError(f"config key 'algo.rollout_correction_cap' must be >= 1, got {a.rollout_correction_cap}")
+
+
+def validate_jax(cfg: Config) -> None:
+    """What backend=jax does not do (yet), each with the fix."""
+    fix = "; use backend=torch for it"
+    if cfg.finetune != "lora":
+        raise ConfigError(f"backend=jax trains LoRA adapters only, not finetune={cfg.finetune}: set finetune=lora{fix}")
+    if cfg.optimizer != "adamw":
+        raise ConfigError(f"optimizer={cfg.optimizer} is a bitsandbytes CUDA optimizer: set optimizer=adamw "
+                          "(optax AdamW) with backend=jax")
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError("backend=jax samples with its own jitted sampler, not vLLM: drop rollout.engine=vllm")
+    if not (cfg.device == "auto" or cfg.device == "cpu"):
+        raise ConfigError(f"backend=jax picks its devices itself (all TPU cores / GPUs): set device=auto "
+                          f"(or device=cpu), not {cfg.device!r}")
+    if cfg.dtype == "float16":
+        raise ConfigError("backend=jax computes in bfloat16 or float32: set dtype=bfloat16 (or auto)")
+    if cfg.lora.dropout > 0:
+        raise ConfigError("backend=jax has no LoRA dropout: set lora.dropout=0" + fix)
+    if cfg.lora.last_layers:
+        raise ConfigError("backend=jax adapts every layer: set lora.last_layers=0" + fix)
+    if cfg.rollout.batch_size:
+        raise ConfigError("backend=jax generates a step's rollouts in one batch: set rollout.batch_size=0")
+    a, default = cfg.algo, AlgoConfig()
+    ported = ("scale_rewards", "loss_agg", "epsilon_low", "epsilon_high", "beta", "mu", "drop_zero_std")
+    unported = [f"algo.{f.name}={getattr(a, f.name)}" for f in dataclasses.fields(a)
+                if f.name not in ported and getattr(a, f.name) != getattr(default, f.name)]
+    if a.scale_rewards == "batch":
+        unported.insert(0, "algo.scale_rewards=batch")
+    if unported:
+        raise ConfigError(f"backend=jax does not implement {', '.join(unported)}" + fix)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
