@@ -9,16 +9,19 @@ makes "3 steps, resume, 3 steps" identical to "6 steps".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aha import fsio, guards
 from aha.errors import CheckpointError
 from aha.model import unwrap
 
@@ -50,24 +53,48 @@ def _as_tuple(x: Any) -> Any:
 def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
          scheduler: Any, trainer_state: dict[str, Any], config_yaml: str, keep_last: int,
          rng_states: list[dict[str, Any]] | None = None) -> Path:
-    """Write checkpoint `step`. `rng_states`: every rank's `rng_state()` in rank order (default: this process's)."""
-    tmp = begin(run_dir, step)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
-    else:
-        unwrap(model).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "config.yaml").write_text(config_yaml)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_states or [rng_state()], **trainer_state}, tmp / STATE_FILE)
+    """Write checkpoint `step`. `rng_states`: every rank's `rng_state()` in rank order (default: this process's).
+
+    Refuses (NonFiniteError) weights or optimizer state holding NaN or inf, before writing anything."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    guards.require_finite(trainable, f"checkpoint step-{step} (weights)")
+    guards.require_finite([v for st in optimizer.state.values() for v in st.values()
+                           if isinstance(v, torch.Tensor) and v.is_floating_point()],
+                          f"checkpoint step-{step} (optimizer state)")
+    with writing(run_dir, step) as tmp:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
+        else:
+            unwrap(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "config.yaml").write_text(config_yaml)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_states or [rng_state()], **trainer_state}, tmp / STATE_FILE)
     return commit(run_dir, tmp, step, keep_last)
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, step: int) -> Iterator[Path]:
+    """`begin` a checkpoint; if writing it fails (full or read-only disk, Ctrl-C) its temporary
+    directory is removed, and a write error becomes one line naming the path and the fix."""
+    tmp = begin(run_dir, step)
+    try:
+        yield tmp
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or type(e) is RuntimeError:
+            # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
+            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise CheckpointError(f"could not write checkpoint step-{step} under {tmp.parent}: {cause}; free "
+                                  "disk space or make the output directory writable, then --resume") from e
+        raise
 
 
 def begin(run_dir: Path, step: int) -> Path:
     """A fresh temporary directory to write checkpoint `step` into (then `commit` it)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    tmp = root / f"{fsio.STALE_CKPT_PREFIX}{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
@@ -77,11 +104,15 @@ def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> 
     """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
     (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
     final = Path(run_dir) / "checkpoints" / f"step-{step}"
-    if final.exists():  # re-saving a step after a resume: replace it whole
-        shutil.rmtree(final)
+    aside = final.with_name(f"{fsio.TRASH_PREFIX}{final.name}-{os.getpid()}")
+    if final.exists():  # re-saving a step after a resume: swap the new one in, then delete the old
+        fsio.remove_tree(aside)
+        os.replace(final, aside)
     os.rename(tmp, final)
+    fsio.fsync_dir(final.parent)
+    fsio.remove_tree(aside)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        fsio.remove_tree(old)
     return final
 
 

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import sys
 import warnings
 
@@ -70,10 +71,9 @@ def cmd_countdown(args: argparse.Namespace) -> int:
         puzzles = generate_puzzles(args.n, args.seed, min_nums=args.min_nums, max_nums=args.max_nums)
         lines = "".join(json.dumps(p) + "\n" for p in puzzles)
         if args.out:
-            tmp = f"{args.out}.tmp"
-            with open(tmp, "w") as f:
-                f.write(lines)
-            os.replace(tmp, args.out)  # never leave a half-written file
+            from aha.fsio import atomic_write_text
+
+            atomic_write_text(args.out, lines)  # never leave a half-written file
             print(f"aha: wrote {len(puzzles)} puzzles to {args.out}", file=sys.stderr)
         else:
             sys.stdout.write(lines)
@@ -137,16 +137,33 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if e not in args.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from aha.fsio import os_error_line
+    from aha.rundir import Stopped
+
     try:
         return int(args.func(args) or 0)
-    except (AhaError, FileNotFoundError, ValueError) as e:
+    except (AhaError, FileNotFoundError, ValueError, OSError) as e:
         if os.environ.get("AHA_DEBUG"):
             raise
-        print(f"aha: error: {e}", file=sys.stderr)
+        # OSError: a full or read-only disk, a file where a directory should be: the path and the fix
+        message = os_error_line(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else str(e)
+        print("aha: error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()),
+              file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM / Ctrl-C during training: the step finished and was saved
+        print(f"aha: {e}{resume_hint(args)}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
-        print("aha: interrupted", file=sys.stderr)
+        print(f"aha: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted `aha train`: the same command with --resume."""
+    if args.command != "train":
+        return ""
+    words = ["aha", "train", *(["-c", args.config] if args.config else []), *args.overrides, "--resume"]
+    return f"; continue from the last checkpoint with: {shlex.join(words)}"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ that names the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,9 @@ class Config:
     probe_every: int = 10  # greedy completion of one fixed test prompt every N steps (0 = never)
     eval_every: int = 0  # 0 = never; else also at step 0 (the untrained policy) and the last step
     warn_no_signal_steps: int = 5  # warn once this many steps in a row carry no signal (0 = never)
+    # A step with a NaN/inf reward, advantage, loss or gradient skips its update (aha/guards.py);
+    # this many in a row stop the run (0 = never stop).
+    max_nonfinite_steps: int = 3
     eval_limit: int = 50  # held-out examples per periodic eval
     save_every: int = 50  # 0 = only at the end
     keep_last: int = 3  # checkpoints kept on disk
@@ -138,6 +142,7 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
         _apply_mapping(cfg, data, prefix="")
+    drop_other_task_options(cfg, overrides or [])
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -145,6 +150,19 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         set_key(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
     validate(cfg)
     return cfg
+
+
+def drop_other_task_options(cfg: Config, overrides: list[str]) -> None:
+    """`task=X` on the command line over a preset made for another task: the preset's task_options
+    belong to that task, so they are dropped (with a note), not passed to X. Options given on the
+    command line (task_options.KEY=VALUE) are applied afterwards and kept."""
+    tasks = [yaml.safe_load(v) for k, sep, v in (o.partition("=") for o in overrides) if sep and k.strip() == "task"]
+    if not tasks or str(tasks[-1]) == cfg.task or not cfg.task_options:
+        return
+    print(f"aha: note: task={tasks[-1]} replaces the preset's task {cfg.task}; its task_options "
+          f"({', '.join(cfg.task_options)}) are dropped - set {tasks[-1]}'s own as task_options.KEY=VALUE",
+          file=sys.stderr)
+    cfg.task_options = {}
 
 
 def _apply_mapping(obj: Any, data: dict, prefix: str) -> None:
@@ -262,6 +280,7 @@ def validate(cfg: Config) -> None:
     non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
                     "algo.epsilon_high", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
                     "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
+                    "max_nonfinite_steps",
                     "lora.last_layers"]
     for key in non_negative:
         if _get(cfg, key) < 0:
@@ -304,4 +323,6 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def dump_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from aha.fsio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

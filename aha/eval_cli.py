@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -127,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = run_config(args)
     name, options = task_spec(args, cfg, default_task=None)
     task = build_task(name, options)
+    from aha.guards import require_examples
+
+    require_examples(task.examples(args.split), name, args.split, options)  # before loading any model
     rollout = cfg.get("rollout") or {}
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
     max_new_tokens = args.max_new_tokens or int(rollout.get("max_new_tokens", 256))
@@ -160,9 +162,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)  # never leave a half-written result
+        from aha.fsio import atomic_write_text
+
+        atomic_write_text(path, text)  # never leave a half-written result
         print(f"aha: results written to {path}", file=sys.stderr)
     return 0
 

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from aha import fsio
+
 # Self-reflection / self-verification markers, the behaviour R1-Zero's "aha moment" describes.
 # Matched case-insensitively on word boundaries ("wait" but not "waiter").
 REFLECTION_PHRASES: list[str] = [
@@ -54,11 +56,11 @@ class RunLogger:
         self.completions_path = self.run_dir / "completions.jsonl"
         self.eval_path = self.run_dir / "eval_completions.jsonl"  # held-out evals' completions
         for path in (self.metrics_path, self.completions_path, self.eval_path):
+            # Atomic rewrites (aha/fsio.py): an interruption here never loses a run's history.
             if resume_step is None:
-                path.write_text("")
+                fsio.atomic_write_text(path, "")
             elif path.exists():
-                kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
-                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                fsio.rewrite_jsonl(path, lambda r: r.get("step", 0) <= resume_step)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

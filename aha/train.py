@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from aha import checkpoint, distributed
+from aha import checkpoint, distributed, fsio, guards, rundir
 from aha.algo import group_advantages, loss_weights, policy_loss
 from aha.config import Config, ConfigError
 from aha.log import RunLogger, reflection_rate
@@ -31,6 +32,7 @@ from aha.rollout import Rollout, SamplingParams, generate
 from aha.tasks import get_task, reward_means
 
 
+@rundir.guarded  # cheap checks first, then one trainer per run directory; SIGTERM saves and stops
 def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Path:
     """Run GRPO as configured. `resume`: None (fresh run), "latest", or a checkpoint path."""
     d, device = distributed.setup(cfg.device)  # one process: Dist(rank=0, world=1), nothing initialised
@@ -46,6 +48,9 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
     task = get_task(cfg.task, **cfg.task_options)
     train_set = task.examples("train")
+    guards.require_examples(train_set, cfg.task, "train", cfg.task_options)  # before anything is written
+    if cfg.eval_every or cfg.probe_every:
+        guards.require_examples(task.examples("test"), cfg.task, "test", cfg.task_options)
     policy = load_policy(cfg.model, cfg.finetune, cfg.lora, device, cfg.dtype, cfg.gradient_checkpointing,
                          cfg.seed)  # same seed everywhere: every rank starts from the same weights
     model, tokenizer = policy.model, policy.tokenizer
@@ -70,9 +75,9 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     logger = progress = None
-    if d.main:  # rank 0 writes everything on disk
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_yaml)
+    if d.main:  # rank 0 writes everything on disk; every check has passed, so now --overwrite replaces the old run
+        rundir.prepare(run_dir, overwrite, resuming=ckpt_path is not None)
+        fsio.atomic_write_text(run_dir / "config.yaml", config_yaml)
         logger = RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"] if ckpt_path else None)
         progress = Progress(cfg.max_steps, state["step"])
 
@@ -96,6 +101,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         logger.log_metrics(0, held_out_eval(0))
     model.train()
     no_signal = 0  # consecutive steps in which every group's rewards were equal
+    nonfinite = guards.NonFiniteGuard(cfg.max_nonfinite_steps, verbose=d.main)
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         # 1. Prompts: a seeded permutation per epoch, walked by a cursor saved in checkpoints.
@@ -120,8 +126,14 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         if cfg.algo.drop_zero_std:
             rows = rows[~zero_std.repeat_interleave(G)]
 
-        # 5. Update: mu optimizer steps over these rollouts, micro-batched by a token budget.
-        stats = policy_update(model, ro, advantages, rows, optimizer, scheduler, cfg, ref_model, net, d)
+        # 5. Update: mu optimizer steps over these rollouts, micro-batched by a token budget - none
+        # when a reward or advantage is NaN/inf on any rank (aha/guards.py).
+        problem = guards.nonfinite_inputs(scores, advantages)
+        if distributed.all_sum([float(problem is not None)], d)[0]:
+            stats = {**SKIPPED_UPDATE, "nonfinite": problem or "reward on another rank"}
+        else:
+            stats = policy_update(model, ro, advantages, rows, optimizer, scheduler, cfg, ref_model, net, d)
+        problem = stats.pop("nonfinite")
         t_end = time.perf_counter()
 
         # 6. Log: rank 0 gathers every rank's rows and computes what a 1-process run would.
@@ -132,7 +144,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             metrics = {
                 **rollout_metrics(rows_out), "frac_zero_std": n_zero / cfg.prompts_per_step,
                 "answer_collapse": answer_collapse([r["completion"] for r in rows_out], G),
-                **stats, "lr": scheduler.get_last_lr()[0],
+                **stats, "nonfinite_skipped": float(problem is not None), "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": sum(r["length"] for r in rows_out) / max(t_gen - t0, 1e-9),
                 "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
                 "update_time": t_end - t_score, "epoch": state["epoch"],
@@ -149,14 +161,25 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             no_signal = no_signal + 1 if n_zero == cfg.prompts_per_step else 0
             if cfg.warn_no_signal_steps and no_signal == cfg.warn_no_signal_steps:
                 print(no_signal_warning(no_signal, metrics), file=sys.stderr, flush=True)
+        nonfinite.record(step, problem)  # one warning; stops the run after max_nonfinite_steps in a row
 
-        # 7. Checkpoint (the state saved is the state *after* this step).
-        _save_if_due(step, cfg, state, d, run_dir, model, tokenizer, optimizer, scheduler, config_yaml)
+        # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
+        # save now and stop.
+        stop = distributed.all_sum([float(rundir.stop_signal() is not None)], d)[0] > 0
+        saved = _save_if_due(step, cfg, state, d, run_dir, model, tokenizer, optimizer, scheduler, config_yaml,
+                             force=stop)
+        if stop:
+            raise rundir.stopped(rundir.stop_signal() or signal.SIGTERM, step, saved)
     if d.main:
         progress.close()
         logger.close()
     distributed.shutdown(d)
     return run_dir
+
+
+# The update metrics of a step whose update was skipped for non-finite rewards or advantages.
+SKIPPED_UPDATE = {"loss": math.nan, "grad_norm": math.nan, "entropy": math.nan, "kl": math.nan, "clip_frac": math.nan,
+                  "update_skipped": 1.0}
 
 
 def completion_rows(task: Any, group: list[Any], texts: list[str], scores: list[tuple[float, dict[str, float]]],
@@ -215,16 +238,19 @@ def no_signal_warning(steps: int, m: dict[str, float]) -> str:
 
 def _save_if_due(step: int, cfg: Config, state: dict[str, Any], d: distributed.Dist, run_dir: Path,
                  model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 config_yaml: str) -> None:
-    """Rank 0 writes the checkpoint; every rank's RNG state goes in it (a collective: all ranks call this)."""
+                 config_yaml: str, force: bool = False) -> Path | None:
+    """Rank 0 writes the checkpoint; every rank's RNG state goes in it (a collective: all ranks call this).
+    Returns the checkpoint's path on rank 0 when one was written."""
     state["step"] = step
-    if not (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
-        return
+    if not (force or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
+        return None
     rngs = distributed.gather(checkpoint.rng_state(), d)
+    path = None
     if d.main:
-        checkpoint.save(run_dir, step, model, tokenizer, optimizer, scheduler, state, config_yaml, cfg.keep_last,
-                        rng_states=rngs)
+        path = checkpoint.save(run_dir, step, model, tokenizer, optimizer, scheduler, state, config_yaml,
+                               cfg.keep_last, rng_states=rngs)
     distributed.barrier(d)  # no rank runs ahead of a checkpoint it may be asked to resume from
+    return path
 
 
 def probe_completion(model: torch.nn.Module, tokenizer: Any, task: Any, cfg: Config) -> dict[str, Any]:
@@ -255,7 +281,8 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
     # The loss weights use the global batch (all ranks), so the ranks' losses sum to the 1-process loss.
     n_seqs, n_tokens = (int(x) for x in distributed.all_sum([len(rows), cmask[rows].sum().item()], d))
     if n_seqs == 0:  # every group of every rank was dropped (all rewards equal): nothing to learn from
-        return {"loss": 0.0, "grad_norm": 0.0, "entropy": nan, "kl": nan, "clip_frac": 0.0, "update_skipped": 1.0}
+        return {"loss": 0.0, "grad_norm": 0.0, "entropy": nan, "kl": nan, "clip_frac": 0.0, "update_skipped": 1.0,
+                "nonfinite": None}
     # A rank whose groups were all dropped still joins DDP's all-reduce, with a zero-weighted row.
     idle = len(rows) == 0
     batches = micro_batches(ro, torch.arange(1) if idle else rows, advantages, cfg.micro_batch_tokens)
@@ -276,6 +303,7 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
                     ref = [logprobs(mb)[0] for mb in batches]
 
     totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    nonfinite = None  # what was NaN/inf in a skipped (or rolled-back) optimizer step
     entropy_sum = 0.0
     params = [p for p in model.parameters() if p.requires_grad]
     for it in range(a.mu):
@@ -296,12 +324,13 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
                 totals["clip_frac"] += st["clip_frac"].item()
                 entropy_sum += (entropy * mb["cmask"]).sum().item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-        optimizer.step()
+        nonfinite = guards.guarded_step(optimizer, params, grad_norm) or nonfinite  # no NaN/inf into the weights
         scheduler.step()
     loss, kl, clip_frac, entropy_sum = distributed.all_sum(
         [totals["loss"], totals["kl"], totals["clip_frac"], entropy_sum], d)
     return {"loss": loss, "kl": kl if a.beta > 0 else nan, "clip_frac": clip_frac,
-            "entropy": entropy_sum / max(n_tokens, 1), "grad_norm": grad_norm.item(), "update_skipped": 0.0}
+            "entropy": entropy_sum / max(n_tokens, 1), "grad_norm": grad_norm.item(),
+            "update_skipped": float(nonfinite is not None), "nonfinite": nonfinite}
 
 
 def micro_batches(ro: Rollout, rows: torch.Tensor, advantages: torch.Tensor,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from aha import fsio, guards, rundir
 from aha.config import Config, ConfigError
 from aha.log import RunLogger
 from aha.tasks import get_task
@@ -37,6 +38,7 @@ from aha.tasks import get_task
 COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
 
 
+@rundir.guarded  # cheap checks first, then one trainer per run directory; SIGTERM saves and stops
 def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Path:
     """Run GRPO as configured on JAX. `resume`: None (fresh run), "latest", or a checkpoint path."""
     if cfg.device == "cpu":  # before any jax call picks a backend
@@ -64,6 +66,9 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
     task = get_task(cfg.task, **cfg.task_options)
     train_set = task.examples("train")
+    guards.require_examples(train_set, cfg.task, "train", cfg.task_options)  # before anything is written
+    if cfg.eval_every or cfg.probe_every:
+        guards.require_examples(task.examples("test"), cfg.task, "test", cfg.task_options)
     lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
     mcfg, tokenizer = lm.config, lm.tokenizer
     params = shard_params(lm.params, mesh)  # frozen, split over the devices
@@ -80,8 +85,8 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     lora, opt_state = replicate(lora, mesh), replicate(opt_state, mesh)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    rundir.prepare(run_dir, overwrite, resuming=ckpt_path is not None)  # every check passed: --overwrite now
+    fsio.atomic_write_text(run_dir / "config.yaml", config_yaml)
     logger = RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"] if ckpt_path else None)
     progress = Progress(cfg.max_steps, state["step"])
     adapter_cfg = lora_lib.adapter_config(cfg.lora.r, cfg.lora.alpha, targets, cfg.model)
@@ -89,6 +94,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     schedule = lr_lambda(cfg)
     base_key = jax.random.key(cfg.seed)
     put = partial(put_batch, mesh=mesh)
+    nonfinite = guards.NonFiniteGuard(cfg.max_nonfinite_steps)
 
     def sample(prompts: list[Any], key: jax.Array, temperature: float) -> Any:
         merged = fns["merge"](params, lora)  # LoRA folded into the weights: one matmul per projection
@@ -117,15 +123,22 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
         # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches.
         lrs = [cfg.lr * schedule(state["step"] * cfg.algo.mu + i) for i in range(cfg.algo.mu)]  # per optimizer step
-        lora, opt_state, stats = policy_update(fns, params, lora, opt_state, ro, advantages, keep, cfg, lrs,
-                                               n_dev, put)
+        problem = guards.nonfinite_inputs(scores, advantages)  # NaN/inf rewards: no update at all
+        if problem is None:
+            lora, opt_state, stats = policy_update(fns, params, lora, opt_state, ro, advantages, keep, cfg, lrs,
+                                                   n_dev, put)
+            problem = stats.pop("nonfinite")
+        else:
+            from aha.train import SKIPPED_UPDATE
+
+            stats = dict(SKIPPED_UPDATE)
         t_end = time.perf_counter()
 
         # 6. Log: the torch loop's records and metrics (accuracy and format are separate metrics).
         rows_out = completion_rows(task, group, ro.texts, scores, ro.completion_mask.sum(axis=1), ro.truncated)
         metrics = {
             **rollout_metrics(rows_out), "frac_zero_std": float(zero_std.mean()),
-            **stats, "lr": lrs[-1],
+            **stats, "nonfinite_skipped": float(problem is not None), "lr": lrs[-1],
             "tokens_per_s": sum(r["length"] for r in rows_out) / max(t_gen - t0, 1e-9),
             "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
             "update_time": t_end - t_score, "epoch": state["epoch"],
@@ -138,12 +151,18 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
             logger.log_completions(step, [probe_completion(sample, task, n_dev)])
         progress.update(step, metrics)
+        nonfinite.record(step, problem)  # one warning; stops the run after max_nonfinite_steps in a row
 
-        # 7. Checkpoint (the state saved is the state *after* this step).
+        # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
+        # save now and stop.
         state["step"] = step
-        if step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-            checkpoint.save(run_dir, step, lora, opt_state, tokenizer, {k: state[k] for k in ("epoch", "cursor")},
-                            config_yaml, cfg.keep_last, adapter_cfg)
+        stop = rundir.stop_signal()
+        if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+            saved = checkpoint.save(run_dir, step, lora, opt_state, tokenizer,
+                                    {k: state[k] for k in ("epoch", "cursor")}, config_yaml, cfg.keep_last,
+                                    adapter_cfg)
+            if stop:
+                raise rundir.stopped(stop, step, saved)
     progress.close()
     logger.close()
     return run_dir
@@ -194,10 +213,20 @@ def step_functions(mcfg: Any, cfg: Config, scale: float, optimizer: Any, mesh: A
                                mb.get("ref"))
         return loss, {**st, "entropy_sum": (entropy * mb["cmask"]).sum()}
 
-    def apply(lora: Any, opt_state: Any, grads: Any, lr: jax.Array) -> tuple[Any, Any, jax.Array]:
+    def apply(lora: Any, opt_state: Any, grads: Any, lr: jax.Array) -> tuple[Any, Any, jax.Array, jax.Array]:
         opt_state[-1].hyperparams["learning_rate"] = lr
-        updates, opt_state = optimizer.update(grads, opt_state, lora)
-        return optax.apply_updates(lora, updates), opt_state, optax.global_norm(grads)
+        updates, new_state = optimizer.update(grads, opt_state, lora)
+        new_lora = optax.apply_updates(lora, updates)
+        # A NaN/inf gradient, or an update that overflows the weights (lr far too high), is not
+        # applied: the old adapters and optimizer state are kept (aha/guards.py).
+        norm = optax.global_norm(grads)
+        floats = [x for x in jax.tree_util.tree_leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+        max_abs = lambda tree: jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))  # noqa: E731
+        after = max_abs(new_lora)
+        ok = (jnp.isfinite(norm) & jnp.all(jnp.stack([jnp.isfinite(x).all() for x in floats]))
+              & (after <= jnp.maximum(guards.WEIGHT_LIMIT, guards.WEIGHT_GROWTH * max_abs(lora))))  # NaN: False
+        keep = partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
+        return keep(new_lora, lora), keep(new_state, opt_state), norm, ok
 
     donate = () if jax.default_backend() == "cpu" else (0, 1)  # the CPU backend cannot reuse buffers
     return {
@@ -222,7 +251,7 @@ def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, r
     n_seqs, n_tokens = int(keep.sum()), int(cmask.sum())
     if n_seqs == 0:  # every group was dropped (all rewards equal): nothing to learn from
         return lora, opt_state, {"loss": 0.0, "grad_norm": 0.0, "entropy": nan, "kl": nan, "clip_frac": 0.0,
-                                 "update_skipped": 1.0}
+                                 "update_skipped": 1.0, "nonfinite": None}
     weights = np.asarray(loss_weights(jnp.asarray(cmask), a.loss_agg, n_seqs, n_tokens, cfg.rollout.max_new_tokens))
     batches = micro_batches(ro, advantages, weights, cmask, cfg.micro_batch_tokens, n_dev)
     batches = [{k: put(v) for k, v in mb.items()} for mb in batches]
@@ -232,6 +261,7 @@ def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, r
     if a.beta > 0:  # LoRA: the reference is the base model, i.e. no adapters
         for mb in batches:
             mb["ref"] = fns["logprobs"](None, params, mb)
+    nonfinite = None
     for it in range(a.mu):
         grads, totals = None, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy_sum": 0.0}
         for mb in batches:
@@ -240,10 +270,14 @@ def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, r
             totals["loss"] += float(loss)
             for k in ("kl", "clip_frac", "entropy_sum"):
                 totals[k] += float(st[k]) if k in st else 0.0
-        lora, opt_state, grad_norm = fns["apply"](lora, opt_state, grads, jnp.float32(lrs[it]))
+        lora, opt_state, grad_norm, ok = fns["apply"](lora, opt_state, grads, jnp.float32(lrs[it]))
+        if not bool(ok):
+            nonfinite = ("loss or gradient" if not np.isfinite(float(grad_norm))
+                         else "update (the step overflowed the weights; lr far too high?)")
     entropy = totals.pop("entropy_sum") / max(n_tokens, 1)
     return lora, opt_state, {**totals, "kl": totals["kl"] if a.beta > 0 else nan, "entropy": entropy,
-                             "grad_norm": float(grad_norm), "update_skipped": 0.0}
+                             "grad_norm": float(grad_norm), "update_skipped": float(nonfinite is not None),
+                             "nonfinite": nonfinite}
 
 
 def micro_batch_rows(n_rows: int, width: int, token_budget: int, n_dev: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from aha.guards import check_task_options
 from aha.tasks.base import Example, Messages, RewardFn, Task, reward_means
 
 # name -> "module:Class". Imported lazily so that a task's optional dependencies (datasets, ...)
@@ -19,7 +20,9 @@ def get_task(name: str, **options) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    task_cls = getattr(importlib.import_module(module), cls)
+    check_task_options(name, task_cls, options)  # a misspelt option: one line listing the known ones
+    return task_cls(**options)
 
 
 __all__ = ["Example", "Messages", "RewardFn", "Task", "TASKS", "get_task", "reward_means"]
