@@ -56,11 +56,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
     """Write checkpoint `step`. `rng_states`: every rank's `rng_state()` in rank order (default: this process's).
 
     Refuses (NonFiniteError) weights or optimizer state holding NaN or inf, before writing anything."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    guards.require_finite(trainable, f"checkpoint step-{step} (weights)")
-    guards.require_finite([v for st in optimizer.state.values() for v in st.values()
-                           if isinstance(v, torch.Tensor) and v.is_floating_point()],
-                          f"checkpoint step-{step} (optimizer state)")
+    guards.require_finite([p for p in model.parameters() if p.requires_grad], f"checkpoint step-{step} (weights)")
+    guards.require_finite(guards.optimizer_tensors(optimizer), f"checkpoint step-{step} (optimizer state)")
     with writing(run_dir, step) as tmp:
         if hasattr(model, "peft_config"):
             model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
@@ -192,6 +189,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
             raise
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); "
                               "resume from an earlier one with --resume PATH") from e
+    if not guards.finite([p for p in model.parameters() if p.requires_grad]):
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights (NaN/inf, saved before aha refused "
+                              "to save them); resume from an earlier one with --resume PATH")
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
     rngs = state.pop("rng")

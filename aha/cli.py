@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import warnings
+from pathlib import Path
 
 from aha.errors import AhaError
 
@@ -43,11 +44,14 @@ def pick_preset() -> tuple[str, str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from aha.config import load_config
 
+    if args.resume is not None and args.overwrite:
+        raise AhaError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
     preset = args.config
     if preset is None:
         preset, why = pick_preset()
         print(f"aha: no -c given; using preset {preset!r} because {why}", file=sys.stderr)
     cfg = load_config(preset, args.overrides)
+    args.run_dir = cfg.output_dir  # for the resume hint after an interruption
     if cfg.backend == "jax":  # imported only when asked for: torch-only installs never import jax
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise AhaError("backend=jax shards over every device of the machine itself (jax.sharding); "
@@ -160,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def resume_hint(args: argparse.Namespace) -> str:
     """How to continue an interrupted `aha train`: the same command with --resume."""
-    if args.command != "train":
+    run_dir = getattr(args, "run_dir", None)
+    if args.command != "train" or run_dir is None:
         return ""
+    if not list(Path(run_dir).glob("checkpoints/step-*/meta.json")):
+        return f"; no checkpoint was saved in {run_dir} yet"
     words = ["aha", "train", *(["-c", args.config] if args.config else []), *args.overrides, "--resume"]
     return f"; continue from the last checkpoint with: {shlex.join(words)}"
 

@@ -8,7 +8,8 @@
   optimizer step with one warning (`nonfinite_skipped` in the metrics); an update that overflows
   the weights (lr far too high) is rolled back; `max_nonfinite_steps` such steps in a row stop the
   run (`NonFiniteError`); `require_finite` refuses to checkpoint non-finite weights or optimizer
-  state. Skipped steps still advance the lr schedule and the data cursor, so resume stays exact.
+  state. A skipped step still advances the data cursor (its prompts are not retried), so a
+  resumed run stays exact.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import importlib.util
 import inspect
 import math
 import sys
-from collections.abc import Iterable, Sequence
+import typing
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from aha.errors import AhaError, ConfigError, DataError
+from aha.errors import AhaError, ConfigError, DataError, ModelError
 
 # A rolled-back update needs a copy of the trainable weights from before the step; above this
 # size (full fine-tuning of a large model) the copy is not kept and an overflow stops the run.
@@ -47,11 +50,14 @@ def preflight(cfg: Any) -> None:
                           "or set tensorboard=false")
     if cfg.backend != "torch":
         return  # the jax backend checks its own devices (config.validate_jax, aha/jax/train.py)
-    from aha.model import check_qlora_available, resolve_device, smollm2_gguf_path
-    from aha.optim import BNB_CLASSES, check_bnb_available
-    from aha.errors import ModelError
+    import torch
 
-    resolve_device(cfg.device)  # device=cuda without CUDA: the error names the fix
+    from aha.model import ARCHS, check_qlora_available, resolve_device, smollm2_gguf_path
+    from aha.optim import BNB_CLASSES, check_bnb_available
+
+    device = resolve_device(cfg.device)  # device=cuda without CUDA: the error names the fix
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelError(f"device={cfg.device} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     if cfg.finetune == "qlora":
         check_qlora_available()
     if cfg.optimizer in BNB_CLASSES:
@@ -60,28 +66,54 @@ def preflight(cfg: Any) -> None:
         from aha.rollout.vllm import INSTALL
 
         raise ModelError(INSTALL)
+    model_source(cfg.model, ARCHS)
     if cfg.model == "smollm2-135m":
         smollm2_gguf_path()
-    elif cfg.model.endswith(".gguf") and importlib.util.find_spec("gguf") is None:
-        raise ModelError(f"model={cfg.model} is a GGUF file: loading it needs the gguf package (pip install gguf)")
 
 
-def check_task_options(name: str, cls: type, options: dict[str, Any]) -> None:
-    """Refuse options that task `cls`'s constructor does not take (or required ones missing), in one
-    line that lists the options it knows."""
+def model_source(name: str, archs: dict[str, Any]) -> None:
+    """What can be said about a model name without loading it (aha/model.py's `load_base` rules)."""
+    if name.startswith("random:"):
+        arch = name.split(":", 1)[1]
+        if arch not in archs:
+            raise ModelError(f"unknown architecture {arch!r} for random:<arch>; known: {', '.join(archs)}")
+        return
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelError(f"model file {path} does not exist")
+        if importlib.util.find_spec("gguf") is None:
+            raise ModelError(f"model={name} is a GGUF file: loading it needs the gguf package (pip install gguf)")
+    elif name.startswith((".", "/", "~")) and not path.exists():
+        raise ModelError(f"model directory {path} does not exist")
+
+
+def check_task_options(name: str, cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """Task `cls`'s options checked against its constructor: an option it does not take, a required
+    one missing, or a value of the wrong type (by its annotation, with the config's own rules) is
+    one line that lists the options it knows. Returns the options with their values coerced."""
     params = inspect.signature(cls).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
+        return options
     known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = [k for k in options if k not in known]
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"task {name!r} does not accept the option {', '.join(map(repr, unknown))}{hint}; its options: "
-                          f"{', '.join(known) or 'none'} (task_options.KEY=VALUE; --task-option KEY=VALUE for aha eval/play)")
+        raise ConfigError(f"task {name!r} does not accept the option {', '.join(map(repr, unknown))}{hint}; "
+                          f"its options: {', '.join(known) or 'none'} (task_options.KEY=VALUE; --task-option "
+                          "KEY=VALUE for aha eval/play)")
     missing = [n for n in known if params[n].default is inspect.Parameter.empty and n not in options]
     if missing:
-        raise ConfigError(f"task {name!r} needs the option(s) {', '.join(missing)}: set task_options.{missing[0]}=...")
+        raise ConfigError(f"task {name!r} needs the option(s) {', '.join(missing)}: "
+                          f"set task_options.{missing[0]}=...")
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve here: the task checks its own values
+        hints = {}
+    from aha.config import _coerce
+
+    return {k: _coerce(v, hints[k], f"task_options.{k}") if k in hints else v for k, v in options.items()}
 
 
 def require_examples(examples: Sequence[Any], task: str, split: str, options: dict[str, Any]) -> None:
@@ -93,10 +125,6 @@ def require_examples(examples: Sequence[Any], task: str, split: str, options: di
 
 
 # ---------------------------------------------------------------------------- non-finite values
-
-def _finite(xs: Iterable[Any]) -> bool:
-    return all(math.isfinite(float(x)) for x in xs)
-
 
 def nonfinite_inputs(scores: Sequence[tuple[float, dict[str, float]]], advantages: Any) -> str | None:
     """What is non-finite among a step's rewards (each named, with how many completions) and
@@ -110,7 +138,7 @@ def nonfinite_inputs(scores: Sequence[tuple[float, dict[str, float]]], advantage
             counts[n] = counts.get(n, 0) + 1
     if counts:
         return ", ".join(f"reward {n!r} in {k} of {len(scores)} completions" for n, k in counts.items())
-    if not _finite(advantages.tolist()):
+    if not all(math.isfinite(float(x)) for x in advantages.tolist()):
         return "advantages (the rewards are finite but too large to normalise)"
     return None
 
@@ -122,19 +150,22 @@ def _max_abs(tensors: Sequence[Any]) -> float:
     tensors = [t for t in tensors if t.is_floating_point() and t.numel()]
     if not tensors:
         return 0.0
-    # inf-norm in the tensor's own dtype: exact, and no full-size float32 copy of bf16 weights
-    norms = torch.stack([torch.linalg.vector_norm(t.detach(), ord=math.inf).float().to(tensors[0].device)
-                         for t in tensors])
+    # inf-norms in each tensor's own dtype (exact, no float32 copy of bf16 weights), fused per
+    # dtype and device as clip_grad_norm_ does: a few kernels for hundreds of LoRA matrices
+    norms = torch.stack([n.float().to(tensors[0].device)
+                         for n in torch._foreach_norm([t.detach() for t in tensors], math.inf)])
     if torch.isnan(norms).any():
         return math.nan
     return float(norms.max())
 
 
-def _all_finite_tensors(tensors: Sequence[Any]) -> bool:
+def finite(tensors: Sequence[Any]) -> bool:
+    """Whether every value of these tensors is finite (one device sync)."""
     return math.isfinite(_max_abs(tensors))
 
 
-def _optimizer_tensors(optimizer: Any) -> list[Any]:
+def optimizer_tensors(optimizer: Any) -> list[Any]:
+    """The optimizer's floating-point state (moments...), which a checkpoint saves too."""
     import torch
 
     return [v for st in optimizer.state.values() for v in st.values()
@@ -166,7 +197,7 @@ def guarded_step(optimizer: Any, params: list[Any], grad_norm: Any) -> str | Non
         if "overflow" not in str(e):
             raise
         after = math.inf
-    if not overflowed(before, after) and _all_finite_tensors(_optimizer_tensors(optimizer)):
+    if not overflowed(before, after) and finite(optimizer_tensors(optimizer)):
         return None
     if snapshot is None:
         raise NonFiniteError("the optimizer step made the weights non-finite (an overflow: is lr far too high?) "
@@ -176,16 +207,15 @@ def guarded_step(optimizer: Any, params: list[Any], grad_norm: Any) -> str | Non
         for p, s in zip(params, snapshot):
             p.copy_(s)
     for p in params:
-        st = optimizer.state.get(p)
-        if st and not _all_finite_tensors([v for v in st.values() if isinstance(v, torch.Tensor)
-                                           and v.is_floating_point()]):
+        state = optimizer.state.get(p) or {}
+        if not finite([v for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]):
             optimizer.state[p] = {}
     return "update (the step overflowed the weights; lr far too high?)"
 
 
 def require_finite(tensors: Sequence[Any], what: str) -> None:
     """Refuse to save non-finite values (checkpoint weights or optimizer state)."""
-    if not _all_finite_tensors(list(tensors)):
+    if not finite(list(tensors)):
         raise NonFiniteError(f"refusing to save {what}: it holds non-finite values (NaN or inf); the previous "
                              "checkpoint is intact - resume from it with --resume, with a lower lr")
 
@@ -204,10 +234,10 @@ class NonFiniteGuard:
         self.streak += 1
         if self.limit and self.streak >= self.limit:
             raise NonFiniteError(
-                f"{self.streak} steps in a row (up to step {step}) had non-finite values, last: {problem}; none of "
-                f"them was applied, so the weights are those after step {step - self.streak} and every checkpoint "
-                "is finite. Fix the cause (a reward returning NaN/inf, or lr too high), then --resume "
-                "(max_nonfinite_steps sets how many are tolerated)")
+                f"{self.streak} steps in a row (up to step {step}) had non-finite values, last: {problem}; their "
+                "non-finite updates were not applied and every checkpoint is finite. Fix the cause (a reward "
+                "returning NaN/inf, or lr too high), then --resume (max_nonfinite_steps sets how many in a row "
+                "are tolerated)")
         if self.verbose:
             stop = f"; the run stops at {self.limit} in a row" if self.limit else ""
             print(f"aha: warning: step {step}: non-finite {problem}; skipped this optimizer step "

@@ -165,7 +165,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
         # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
         # save now and stop.
-        stop = distributed.all_sum([float(rundir.stop_signal() is not None)], d)[0] > 0
+        stop = distributed.all_sum([float(rundir.stop_signal() is not None)], d)[0] > 0 and step < cfg.max_steps
         saved = _save_if_due(step, cfg, state, d, run_dir, model, tokenizer, optimizer, scheduler, config_yaml,
                              force=stop)
         if stop:

@@ -240,7 +240,7 @@ def test_guard_pieces():
         g.record(4, "x")
 
 
-def test_a_checkpoint_is_never_written_from_non_finite_weights(tmp_path):
+def test_a_checkpoint_is_never_written_from_non_finite_weights(tmp_path, monkeypatch):
     from aha import checkpoint
     from aha.model import load_policy
 
@@ -252,6 +252,11 @@ def test_a_checkpoint_is_never_written_from_non_finite_weights(tmp_path):
     with pytest.raises(guards.NonFiniteError, match="non-finite"):
         checkpoint.save(tmp_path, 1, pol.model, pol.tokenizer, opt, sched, {"epoch": 0, "cursor": 0}, "", 3)
     assert not (tmp_path / "checkpoints").exists()
+    # and one written before this guard existed is refused on resume, naming it
+    monkeypatch.setattr(guards, "require_finite", lambda *a: None)
+    path = checkpoint.save(tmp_path, 1, pol.model, pol.tokenizer, opt, sched, {"epoch": 0, "cursor": 0}, "x: 1", 3)
+    with pytest.raises(checkpoint.CheckpointError, match="step-1 holds non-finite weights"):
+        checkpoint.load(path, pol.model, opt, sched)
 
 
 # ---------------------------------------------------------------------------- 3. empty inputs
@@ -293,6 +298,8 @@ def test_a_misspelt_task_option_is_one_line_listing_the_known_ones(tmp_path, cap
     assert not out.exists()
     refused(capsys, ["eval", "--model", "random:tiny-qwen2", "--task", "gsm8k", "--task-option", "templat=chat"],
             "'templat'", "template")
+    refused(capsys, [*SMOKE, f"output_dir={out}", "task_options.n_train=many"], "task_options.n_train", "integer")
+    assert not out.exists()
 
 
 def test_switching_task_on_the_command_line_drops_the_presets_task_options(capsys):
@@ -430,6 +437,8 @@ def test_two_trainers_started_at_once(tmp_path):
     (loser,) = [r for r in results if r[0] != 0]
     assert loser[0] == 2 and loser[1].count("\n") == 1, loser[1]
     assert f"in use by another trainer (pid {ok[2]})" in loser[1]
+    r = cli(*SMOKE, f"output_dir={out}", "--resume", "--overwrite")
+    assert r.returncode == 2 and "pass one of them" in r.stderr
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 26))
     assert not (out / ".lock").exists()
 
@@ -465,6 +474,8 @@ def test_a_gpu_preset_on_a_cpu_only_machine_fails_within_seconds(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("device=cuda", "no CUDA GPU"),
     ("optimizer=adamw8bit", "optimizer=adamw8bit needs"),
+    ("model=/no/such/model.gguf", "does not exist"),
+    ("model=random:no-such-arch", "no-such-arch"),
 ])
 def test_device_and_extras_are_checked_before_anything_slow(tmp_path, capsys, monkeypatch, override, message):
     if torch.cuda.is_available():
@@ -500,6 +511,24 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_and_say_where_to_resume(tmp_path, 
         assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)  # handlers restored
         assert main([*SMOKE, f"output_dir={out}", "max_steps=3", "save_every=0", "--resume"]) == 0
         assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def twice(completion: str, ex: Example) -> float:
+        calls.append(1)
+        if len(calls) == 9:  # step 2: the first Ctrl-C asks for a clean stop, the second will not wait
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return 0.0
+
+    use_task(monkeypatch, RewardTask(sig=twice))
+    out = tmp_path / "run"
+    assert main([*SMOKE, f"output_dir={out}", "max_steps=9", "save_every=1"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("aha: interrupted; continue from the last checkpoint with: aha train -c smoke")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1"] and not (out / ".lock").exists()
 
 
 def test_sigterm_to_a_training_process(tmp_path):

@@ -156,7 +156,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
         # save now and stop.
         state["step"] = step
-        stop = rundir.stop_signal()
+        stop = rundir.stop_signal() if step < cfg.max_steps else None
         if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
             saved = checkpoint.save(run_dir, step, lora, opt_state, tokenizer,
                                     {k: state[k] for k in ("epoch", "cursor")}, config_yaml, cfg.keep_last,
@@ -221,10 +221,13 @@ def step_functions(mcfg: Any, cfg: Config, scale: float, optimizer: Any, mesh: A
         # applied: the old adapters and optimizer state are kept (aha/guards.py).
         norm = optax.global_norm(grads)
         floats = [x for x in jax.tree_util.tree_leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)]
-        max_abs = lambda tree: jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))  # noqa: E731
-        after = max_abs(new_lora)
+
+        def max_abs(tree: Any) -> jax.Array:  # NaN if any value is NaN
+            return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+        limit = jnp.maximum(guards.WEIGHT_LIMIT, guards.WEIGHT_GROWTH * max_abs(lora))
         ok = (jnp.isfinite(norm) & jnp.all(jnp.stack([jnp.isfinite(x).all() for x in floats]))
-              & (after <= jnp.maximum(guards.WEIGHT_LIMIT, guards.WEIGHT_GROWTH * max_abs(lora))))  # NaN: False
+              & (max_abs(new_lora) <= limit))  # NaN compares False
         keep = partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
         return keep(new_lora, lora), keep(new_state, opt_state), norm, ok
 

@@ -21,8 +21,7 @@ def get_task(name: str, **options) -> Task:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     module, cls = TASKS[name].split(":")
     task_cls = getattr(importlib.import_module(module), cls)
-    check_task_options(name, task_cls, options)  # a misspelt option: one line listing the known ones
-    return task_cls(**options)
+    return task_cls(**check_task_options(name, task_cls, options))  # a misspelt option: one line
 
 
 __all__ = ["Example", "Messages", "RewardFn", "Task", "TASKS", "get_task", "reward_means"]
