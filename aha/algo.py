@@ -10,6 +10,8 @@ Departures from the GRPO paper (Shao et al. 2024) are knobs, each naming its sou
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 
 
@@ -33,11 +35,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     return adv.reshape(-1), zero_std
 
 
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, xp: Any = torch) -> torch.Tensor:
     """Per-token k3 estimator of KL(policy || ref) (Schulman 2020): exp(d) - d - 1, d = ref - logp.
-    Non-negative, zero exactly where the policy equals the reference. (B, C) -> (B, C)."""
+    Non-negative, zero exactly where the policy equals the reference. (B, C) -> (B, C).
+    `xp`: the array module (torch, or jax.numpy for the JAX backend)."""
     d = ref_logp - logp
-    return torch.exp(d) - d - 1
+    return xp.exp(d) - d - 1
 
 
 def loss_weights(mask: torch.Tensor, agg: str, n_seqs: int, n_tokens: int, max_len: int) -> torch.Tensor:
@@ -60,24 +63,27 @@ def loss_weights(mask: torch.Tensor, agg: str, n_seqs: int, n_tokens: int, max_l
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                 eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-                ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                ref_logp: torch.Tensor | None = None, xp: Any = torch,
+                stop_gradient: Callable[[Any], Any] = torch.Tensor.detach) -> tuple[torch.Tensor, dict[str, Any]]:
     """The clipped surrogate (PPO / GRPO) plus beta * k3 KL, aggregated by `weights`.
 
     logp, old_logp, ref_logp, weights: (B, C); advantages: (B,). Returns (scalar loss, stats) where
     stats hold weighted sums (same aggregation as the loss) of the KL and the clipped fraction.
+    `xp` / `stop_gradient`: torch and Tensor.detach here; the JAX backend passes jax.numpy and
+    jax.lax.stop_gradient, so both backends run this one function (aha/jax/algo.py).
     """
-    ratio = torch.exp(logp - old_logp)  # (B, C); 1 when old_logp is logp.detach() (mu = 1)
-    adv = advantages.unsqueeze(1)  # (B, 1)
+    ratio = xp.exp(logp - old_logp)  # (B, C); 1 when old_logp is logp.detach() (mu = 1)
+    adv = advantages[:, None]  # (B, 1)
     unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
-    per_token = -torch.min(unclipped, clipped)  # (B, C)
-    stats: dict[str, torch.Tensor] = {}
+    clipped = xp.clip(ratio, 1 - eps_low, 1 + eps_high) * adv
+    per_token = -xp.minimum(unclipped, clipped)  # (B, C)
+    stats: dict[str, Any] = {}
     if beta > 0:
         if ref_logp is None:
             raise ValueError("beta > 0 needs ref_logp")
-        kl = kl_k3(logp, ref_logp)
+        kl = kl_k3(logp, ref_logp, xp)
         per_token = per_token + beta * kl
-        stats["kl"] = (kl.detach() * weights).sum()
-    is_clipped = (clipped < unclipped).float()  # min() took the clipped branch: no gradient there
-    stats["clip_frac"] = (is_clipped * weights).sum()
+        stats["kl"] = stop_gradient(kl * weights).sum()
+    is_clipped = xp.where(clipped < unclipped, 1.0, 0.0)  # min() took the clipped branch: no gradient there
+    stats["clip_frac"] = stop_gradient(is_clipped * weights).sum()
     return (per_token * weights).sum(), stats

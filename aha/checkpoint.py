@@ -9,27 +9,19 @@ makes "3 steps, resume, 3 steps" identical to "6 steps".
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
-import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aha import fsio, guards
+from aha import guards
+from aha.ckptdir import ADAPTER_FILE, MODEL_FILE, commit, one_line, read_meta, writing
 from aha.errors import CheckpointError
 from aha.model import unwrap
+from aha.seeding import resharded_sampling_seed, seed_rngs
 
 STATE_FILE = "trainer_state.pt"
-META_FILE = "meta.json"
-ADAPTER_FILE = "adapter_model.safetensors"
-MODEL_FILE = "model.safetensors"
-_STEP_RE = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -70,64 +62,6 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
     return commit(run_dir, tmp, step, keep_last)
 
 
-@contextlib.contextmanager
-def writing(run_dir: Path, step: int) -> Iterator[Path]:
-    """`begin` a checkpoint; if writing it fails (full or read-only disk, Ctrl-C) its temporary
-    directory is removed, and a write error becomes one line naming the path and the fix."""
-    tmp = begin(run_dir, step)
-    try:
-        yield tmp
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or type(e) is RuntimeError:
-            # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
-            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            raise CheckpointError(f"could not write checkpoint step-{step} under {tmp.parent}: {cause}; free "
-                                  "disk space or make the output directory writable, then --resume") from e
-        raise
-
-
-def begin(run_dir: Path, step: int) -> Path:
-    """A fresh temporary directory to write checkpoint `step` into (then `commit` it)."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{fsio.STALE_CKPT_PREFIX}{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
-    """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
-    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
-    final = Path(run_dir) / "checkpoints" / f"step-{step}"
-    aside = final.with_name(f"{fsio.TRASH_PREFIX}{final.name}-{os.getpid()}")
-    if final.exists():  # re-saving a step after a resume: swap the new one in, then delete the old
-        fsio.remove_tree(aside)
-        os.replace(final, aside)
-    os.rename(tmp, final)
-    fsio.fsync_dir(final.parent)
-    fsio.remove_tree(aside)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        fsio.remove_tree(old)
-    return final
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories (complete or not) ordered by step."""
-    root = Path(run_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("step-*") if (m := _STEP_RE.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
-
-
-def latest(run_dir: Path) -> Path:
-    ckpts = list_checkpoints(run_dir)
-    if not ckpts:
-        raise CheckpointError(f"no checkpoint under {Path(run_dir) / 'checkpoints'} to resume from; "
-                              "start without --resume, or pass --resume PATH")
-    return ckpts[-1]
-
-
 def verify(path: Path) -> dict[str, Any]:
     """The checkpoint's meta, or a CheckpointError saying what is wrong with it."""
     path = Path(path)
@@ -143,20 +77,23 @@ def verify(path: Path) -> dict[str, Any]:
     return meta
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json of a checkpoint directory, or a CheckpointError if the directory is not a whole checkpoint."""
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        return json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise CheckpointError(f"checkpoint {path} is incomplete (no valid {META_FILE}); it was not fully written. "
-                              "Resume from an earlier one with --resume PATH") from None
-
-
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
          rank: int = 0, world: int = 1) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNGs; returns the trainer state (step, cursor...)."""
+    """Resume from a torch checkpoint, in place.
+
+    Args:
+        path: a checkpoint directory (`RUN_DIR/checkpoints/step-N`).
+        model, optimizer, scheduler: built from the run's config as for a fresh run; their state
+            is overwritten with the saved one.
+        rank, world: this process under torchrun. Its saved RNG states are restored when the
+            checkpoint was written by `world` processes; otherwise (with a warning) every rank's
+            streams restart from `seeding.resharded_sampling_seed`, and the run is not bit-exact.
+    Returns:
+        The loop state saved with it: {"step", "epoch", "cursor"} (`aha.data.LoopState`).
+    Raises:
+        CheckpointError: a missing, incomplete, corrupt or other backend's checkpoint, or weights
+            that do not fit `model` (LoRA vs full, another architecture).
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -187,7 +124,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     except (SafetensorError, RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {one_line(e)}); "
                               "resume from an earlier one with --resume PATH") from e
     if not guards.finite([p for p in model.parameters() if p.requires_grad]):
         raise CheckpointError(f"checkpoint {path} holds non-finite weights (NaN/inf, saved before aha refused "
@@ -203,9 +140,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
 
         warnings.warn(f"checkpoint {path} was written by {len(rngs)} process(es), this run has {world}: "
                       "the sampling RNGs restart from the seed and the step, so the run is not bit-exact")
-        seed = int(state["step"]) * 7919 + rank
-        random.seed(seed)
-        torch.manual_seed(seed)
+        seed_rngs(resharded_sampling_seed(int(state["step"]), rank))
     return state
 
 

@@ -66,6 +66,10 @@ class AlgoConfig:
 
 @dataclass
 class Config:
+    """Everything a run does, with the defaults below; a preset (configs/NAME.yaml) and `key=value`
+    overrides set fields by their dotted names (`rollout.temperature`). Build one with
+    `load_config`, which validates it; `to_dict()` is what a run saves as config.yaml."""
+
     # --- run ---
     output_dir: str = "runs/default"
     seed: int = 0
@@ -132,6 +136,18 @@ def preset_path(name_or_path: str) -> Path:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """The configuration of a run: the defaults, then the preset, then the overrides, validated.
+
+    Args:
+        preset: a preset name (`smoke`: configs/smoke.yaml), a YAML path, or None for the defaults.
+        overrides: `key=value` strings; the value is read as YAML (`lr=1e-5`, `lora.target_modules=[q_proj]`)
+            and nested keys are dotted (`rollout.temperature=0.9`).
+    Returns:
+        A validated `Config`.
+    Raises:
+        ConfigError: an unknown preset, invalid YAML, an unknown key or a value of the wrong type
+            (the message names the key), or a value `validate` refuses.
+    """
     cfg = Config()
     if preset is not None:
         path = preset_path(preset)
@@ -268,6 +284,9 @@ _CHOICES = {
 
 
 def validate(cfg: Config) -> None:
+    """Check values that types alone cannot: choices (engine, loss_agg, ...), ranges (counts >= 1,
+    rates >= 0, top_p in (0, 1]), at least 2 generations per group, and what backend=jax supports.
+    Returns None; raises ConfigError naming the key and the allowed values."""
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -279,18 +298,38 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r} must be >= 1, got {_get(cfg, key)}")
     non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
                     "algo.epsilon_high", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
-                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
-                    "max_nonfinite_steps",
+                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every",
+                    "warn_no_signal_steps", "max_nonfinite_steps",
                     "lora.last_layers"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")
-    if not 0 < cfg.rollout.top_p <= 1:
+    if cfg.rollout.top_p > 1:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.num_generations < 2:
         raise ConfigError("config key 'rollout.num_generations' must be >= 2: GRPO compares completions in a group")
+    greedy = greedy_setting(cfg.rollout)
+    if greedy:
+        raise ConfigError(f"{greedy} makes sampling greedy: the G completions of every prompt would be identical, "
+                          "every group's advantage zero and nothing learned; sample for training "
+                          "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
     if cfg.backend == "jax":
         validate_jax(cfg)
+
+
+def greedy_setting(rollout: RolloutConfig) -> str | None:
+    """The setting that makes rollouts greedy (one token kept at every step), or None. Greedy
+    groups are degenerate: equal completions, equal rewards, zero advantages, no gradient."""
+    if rollout.temperature == 0:
+        return "rollout.temperature=0"
+    if rollout.top_k == 1:
+        return "rollout.top_k=1"
+    # The nucleus keeps the most likely token alone whenever its probability reaches top_p, and over
+    # V tokens that probability is at least 1/V: top_p <= 1/V is greedy at every step. 2**18 bounds
+    # the vocabularies in use (Gemma's 256k), so below 2**-18 that holds for any model.
+    if rollout.top_p <= 2**-18:
+        return f"rollout.top_p={rollout.top_p:g}"
+    return None
 
 
 def validate_jax(cfg: Config) -> None:

@@ -9,12 +9,14 @@ rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores wit
   correctness over all samples (the unbiased pass@1), `pass@k` uses the unbiased estimator of
   Chen et al. 2021 (Codex paper, eq. 1) for k = 1, 2, 4, ... and K, and `maj@K` is a majority
   vote over final answers.
-- maj@k without a task-specific answer parser: the answer of a completion is the text of its last
-  `<answer>...</answer>` block with whitespace and commas removed (both tasks answer in that tag).
-  The most common answer wins (ties: the one seen first); the problem counts as solved when the
-  first completion giving that answer is correct by `task.is_correct`. Completions without an
-  answer block do not vote. Equivalent answers written differently ("18" vs "18.0",
-  "1+2" vs "2+1") vote separately, which can only lower maj@k.
+- maj@k: the answer of a completion is the task's `Task.final_answer` (by default the text of its
+  last `<answer>...</answer>` block: a number read by the tasks' number rules
+  (`aha.tasks._common.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else
+  the text with whitespace removed). The most common answer
+  wins (ties: the one seen first); the problem counts as solved when the first completion giving
+  that answer is correct by `task.is_correct`. Completions without an answer do not vote.
+  Equivalent answers written differently ("18" vs "18.0", "1+2" vs "2+1") vote separately, which
+  can only lower maj@k.
 """
 
 from __future__ import annotations
@@ -26,9 +28,6 @@ from collections.abc import Sequence
 from math import comb
 from typing import Any
 
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""
     if not 0 < k <= n:
@@ -38,22 +37,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def vote_answer(completion: str) -> str | None:
-    """The normalised final answer used for majority voting, or None without an answer block.
-
-    Linear-time string search (completions can be long and arbitrary), not a lazy regex.
-    """
-    close = completion.rfind(ANSWER_CLOSE)
-    start = completion.rfind(ANSWER_OPEN, 0, close) if close >= 0 else -1
-    if start < 0:
-        return None
-    text = completion[start + len(ANSWER_OPEN):close]
-    return "".join(text.split()).replace(",", "") or None
-
-
-def majority_index(completions: Sequence[str]) -> int | None:
-    """Index of the first completion carrying the most common answer (ties: seen first), or None."""
-    answers = [vote_answer(c) for c in completions]
+def majority_index(task: Any, completions: Sequence[str]) -> int | None:
+    """Index of the first completion carrying the most common `task.final_answer` (ties: seen
+    first), or None when no completion has an answer."""
+    answers = [task.final_answer(c) for c in completions]
     counts = Counter(a for a in answers if a is not None)
     if not counts:
         return None
@@ -76,7 +63,9 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
     """Metrics and per-completion rows from `samples` completions per example (adjacent in `texts`)."""
     n, K = len(examples), samples
     correct = [bool(task.is_correct(t, examples[i // K])) for i, t in enumerate(texts)]
-    lenient = [bool(task.is_correct_lenient(t, examples[i // K])) for i, t in enumerate(texts)]
+    # A task that does not subclass Task may lack the lenient grader: it then grades as is_correct.
+    grade_lenient = getattr(task, "is_correct_lenient", task.is_correct)
+    lenient = [bool(grade_lenient(t, examples[i // K])) for i, t in enumerate(texts)]
     formatted = [bool(task.is_formatted(t, examples[i // K])) for i, t in enumerate(texts)]
     total = max(len(texts), 1)
     from aha.log import reflection_rate
@@ -96,7 +85,7 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
             metrics[f"pass@{k}"] = sum(pass_at_k(K, c, k) for c in per_example) / max(n, 1)
         maj = 0
         for i in range(n):
-            winner = majority_index(texts[i * K:(i + 1) * K])
+            winner = majority_index(task, texts[i * K:(i + 1) * K])
             maj += winner is not None and correct[i * K + winner]
         metrics[f"maj@{K}"] = maj / max(n, 1)
     rows = [{"id": examples[i // K].id, "sample": i % K, "completion": t, "correct": c, "correct_lenient": le,

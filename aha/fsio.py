@@ -24,7 +24,7 @@ from typing import Any
 
 TMP_MARK = ".aha-tmp-"  # NAME.aha-tmp-PID: a file being rewritten
 TRASH_PREFIX = ".aha-trash-"  # a directory or file being deleted
-STALE_CKPT_PREFIX = ".tmp-step-"  # a checkpoint being written (aha/checkpoint.py's `begin`)
+STALE_CKPT_PREFIX = ".tmp-step-"  # a checkpoint being written (aha/ckptdir.py's `begin`)
 
 
 def _tmp_path(path: Path) -> Path:

@@ -124,6 +124,16 @@ def require_examples(examples: Sequence[Any], task: str, split: str, options: di
                         f"a count of 0 leaves nothing to run on: give it data")
 
 
+def train_examples(task: Any, cfg: Any) -> Sequence[Any]:
+    """The task's train split for `aha train`; an empty one (or an empty test split, when evals or
+    the probe need it) is a DataError before anything is written."""
+    examples = task.examples("train")
+    require_examples(examples, cfg.task, "train", cfg.task_options)
+    if cfg.eval_every or cfg.probe_every:
+        require_examples(task.examples("test"), cfg.task, "test", cfg.task_options)
+    return examples
+
+
 # ---------------------------------------------------------------------------- non-finite values
 
 def nonfinite_inputs(scores: Sequence[tuple[float, dict[str, float]]], advantages: Any) -> str | None:

@@ -1,5 +1,6 @@
-"""Run logs: `metrics.jsonl` (one line per step), `completions.jsonl`, TensorBoard events, and
-the "aha" metric - how often completions reflect on their own work.
+"""Run logs: `metrics.jsonl` (one line per step), `completions.jsonl`, TensorBoard events, the
+progress bar, and the "aha" metric - how often completions reflect on their own work. Both
+backends' loops open and write their run through `open_run` and `log_step`.
 
 The reflection phrases live in one list, here; eval and report import it from here.
 """
@@ -9,8 +10,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from aha.config import Config
+    from aha.records import CompletionRecord
 
 from aha import fsio
 
@@ -98,3 +104,50 @@ def _finite(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None  # JSON has no NaN; a missing value is honest
     return v
+
+
+class Progress:
+    """A tqdm bar with live reward and ETA on a terminal; one plain line per step otherwise."""
+
+    def __init__(self, total: int, start: int):
+        from tqdm import tqdm
+
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=start, desc="aha train", unit="step", disable=not self.tty)
+
+    def update(self, step: int, m: dict[str, float]) -> None:
+        short = {"reward": m["reward"], "acc": m["accuracy"], "fmt": m["format_rate"], "len": m["completion_len"]}
+        if self.tty:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in short.items()})
+            self.bar.update(1)
+        else:
+            fields = " ".join(f"{k}={v:.3g}" for k, v in short.items())
+            print(f"step {step}/{self.bar.total} {fields} time={m['step_time']:.1f}s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def open_run(run_dir: Path, cfg: Config, config_yaml: str, step: int, resumed: bool,
+             overwrite: bool = False) -> tuple[RunLogger, Progress]:
+    """Create the run directory (with `overwrite`, the old run is moved aside and removed now that
+    every check has passed: aha/rundir.py), write its config.yaml, open its logs (trimmed to `step`
+    when `resumed`) and the progress bar starting at `step`."""
+    from aha import rundir
+
+    rundir.prepare(run_dir, overwrite, resuming=resumed)
+    fsio.atomic_write_text(run_dir / "config.yaml", config_yaml)
+    return RunLogger(run_dir, cfg.tensorboard, resume_step=step if resumed else None), Progress(cfg.max_steps, step)
+
+
+def log_step(logger: RunLogger, progress: Progress, cfg: Config, step: int, metrics: dict[str, float],
+             records: Sequence[CompletionRecord], probe: Callable[[], dict[str, Any]]) -> None:
+    """Write a step's metrics, its completions every `log_completions_every` steps, the probe's
+    completion (`probe()`, called only when due: steps 1, every `probe_every`, and the last), and
+    advance the progress bar."""
+    logger.log_metrics(step, metrics)
+    if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+        logger.log_completions(step, [r.logged() for r in records])
+    if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
+        logger.log_completions(step, [probe()])
+    progress.update(step, metrics)

@@ -16,11 +16,16 @@ for the passes that need a backward (the no-grad reference / old-policy passes s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from aha.model import unwrap
+
+if TYPE_CHECKING:
+    from aha.update import MicroBatch
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -78,12 +83,12 @@ def _head_logprobs(base: torch.nn.Module, hidden: torch.Tensor, targets: torch.T
 
 
 def shared_prompt_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                           group: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                           prompt_index: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
                            temperature: float = 1.0, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and entropies of completions whose prompts are shared.
 
-    prompt_ids, prompt_mask: (U, P) the distinct prompts, left-padded; group: (B,) the prompt row of
-    each completion; completion_ids, completion_mask: (B, C) right-padded.
+    prompt_ids, prompt_mask: (U, P) the distinct prompts, left-padded; prompt_index: (B,) each
+    completion's row in prompt_ids; completion_ids, completion_mask: (B, C) right-padded.
     Returns (logp (B, C), entropy (B, C)), equal to `completion_logprobs` on the concatenated rows.
     """
     base = unwrap(model)
@@ -91,27 +96,29 @@ def shared_prompt_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, pro
     p_out = decoder(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
                     use_cache=True)
     cache = p_out.past_key_values
-    cache.batch_select_indices(group)  # (U, ...) -> (B, ...); the backward sums the rows' gradients
-    mask = torch.cat([prompt_mask[group], completion_mask], dim=1)  # (B, P + C)
+    cache.batch_select_indices(prompt_index)  # (U, ...) -> (B, ...); the backward sums the rows' gradients
+    mask = torch.cat([prompt_mask[prompt_index], completion_mask], dim=1)  # (B, P + C)
     C = completion_ids.shape[1]
-    positions = prompt_mask.sum(dim=1)[group].unsqueeze(1) + torch.arange(C, device=group.device)  # (B, C)
+    starts = prompt_mask.sum(dim=1)[prompt_index].unsqueeze(1)  # (B, 1) each row's prompt length
+    positions = starts + torch.arange(C, device=prompt_index.device)  # (B, C)
     c_out = decoder(input_ids=completion_ids, attention_mask=mask, position_ids=positions,
                     past_key_values=cache, use_cache=True)
     # The prompt's last hidden state predicts the first completion token; completion token t the t + 1-th.
-    hidden = torch.cat([p_out.last_hidden_state[group, -1:], c_out.last_hidden_state[:, :-1]], dim=1)
+    hidden = torch.cat([p_out.last_hidden_state[prompt_index, -1:], c_out.last_hidden_state[:, :-1]], dim=1)
     return _head_logprobs(base, hidden, completion_ids, temperature, chunk)
 
 
-def batch_logprobs(model: torch.nn.Module, mb: dict[str, torch.Tensor], temperature: float = 1.0,
+def batch_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float = 1.0,
                    chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of a micro-batch from `train.micro_batches`: the shared-prompt path unless the
-    model is gradient-checkpointed and gradients are wanted, then the per-row path."""
+    """(log-probs, entropies), each (b, C), of a micro-batch from `update.micro_batches`: the
+    shared-prompt path unless the model is gradient-checkpointed and gradients are wanted, then
+    the per-row path."""
     base = unwrap(model)
     checkpointed = base.training and any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
 
     def shared() -> tuple[torch.Tensor, torch.Tensor]:
-        return shared_prompt_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["group"], mb["cids"],
-                                      mb["cmask"], temperature, chunk)
+        return shared_prompt_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.prompt_index, mb.completion_ids,
+                                      mb.completion_mask, temperature, chunk)
 
     if not checkpointed:
         return shared()
@@ -123,9 +130,9 @@ def batch_logprobs(model: torch.nn.Module, mb: dict[str, torch.Tensor], temperat
             return shared()
         finally:
             base.train()
-    ids = torch.cat([mb["prompt_ids"][mb["group"]], mb["cids"]], dim=1)
-    mask = torch.cat([mb["prompt_mask"][mb["group"]], mb["cmask"]], dim=1)
-    return completion_logprobs(model, ids, mask, mb["cids"].shape[1], temperature, chunk)
+    ids = torch.cat([mb.prompt_ids[mb.prompt_index], mb.completion_ids], dim=1)
+    mask = torch.cat([mb.prompt_mask[mb.prompt_index], mb.completion_mask], dim=1)
+    return completion_logprobs(model, ids, mask, mb.completion_ids.shape[1], temperature, chunk)
 
 
 def naive_completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

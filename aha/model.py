@@ -2,7 +2,7 @@
 `random:<arch>`; then LoRA, QLoRA or full fine-tuning.
 
 With LoRA the reference model for the KL term is the same model with its adapters disabled
-(`reference_logprobs` in train.py), so no second copy of the weights is ever held.
+(`update.policy_update`), so no second copy of the weights is ever held.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ ARCHS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class Policy:
+    """A loaded model and what was resolved while loading it."""
+
     model: torch.nn.Module  # the trainable model (a peft model under LoRA)
     tokenizer: Any
     device: torch.device
@@ -243,13 +245,30 @@ def check_qlora_available() -> None:
 
 def load_policy(model_name: str, finetune: str = "lora", lora: LoraConfig | None = None, device: str = "auto",
                 dtype: str = "auto", gradient_checkpointing: bool = False, seed: int = 0) -> Policy:
+    """The policy to train: a base model with LoRA / QLoRA adapters, or all of it trainable.
+
+    Args:
+        model_name: a hub id (`Qwen/Qwen2.5-3B`), a local directory, a `.gguf` file, `smollm2-135m`
+            (the bundled demo model) or `random:<arch>` (a known architecture, random weights).
+        finetune: "lora", "qlora" (4-bit base; CUDA and bitsandbytes) or "full".
+        lora: rank, alpha, dropout, target modules and layers of the adapters (LoRA / QLoRA).
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        dtype: "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16" or "float16".
+        gradient_checkpointing: recompute activations in the backward (less memory, more time).
+        seed: draws `random:<arch>` weights and the adapters' initial A matrices (every rank equal).
+    Returns:
+        `Policy`: the model on `device` (train mode untouched), its tokenizer (with a pad token),
+        the resolved device and dtype, and `finetune`.
+    Raises:
+        ModelError: an unknown or missing model, qlora without CUDA / bitsandbytes, or
+            `lora.last_layers` above the model's layer count.
+    """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if finetune == "qlora":
         check_qlora_available()
     model, tokenizer = load_base(model_name, dt, quantize_4bit=finetune == "qlora", seed=seed)
-    if tokenizer.pad_token_id is None:  # batched generation needs a pad id; EOS is the usual stand-in
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     if finetune != "qlora":
         model.to(dev)
     if gradient_checkpointing:
@@ -274,6 +293,12 @@ def load_policy(model_name: str, finetune: str = "lora", lora: LoraConfig | None
             torch.manual_seed(seed)  # LoRA's A matrices are random: same seed, same start
             model = get_peft_model(model, peft_cfg)
     return Policy(model=model, tokenizer=tokenizer, device=dev, dtype=dt, finetune=finetune)
+
+
+def ensure_pad_token(tokenizer: Any) -> None:
+    """Batched generation needs a pad id; EOS is the usual stand-in when the tokenizer has none."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

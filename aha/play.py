@@ -4,8 +4,9 @@
     aha play --model smollm2-135m --min-think 200         # "Wait" until 200 thinking tokens
     printf 'What is 2+3?\\n' | aha play --model M          # scripted: one answer per input line
 
-Each question goes through the task's prompt template (gsm8k: the question as is; countdown:
-"3 7 25 50 -> 75", anything else is sent raw), so the model sees what it was trained on.
+Each question goes through the task's prompt template (`Task.user_prompt`; gsm8k: the question as
+is; countdown: "3 7 25 50 -> 75", anything else is sent raw), so the model sees what it was
+trained on.
 
 Budget forcing (Muennighoff et al. 2025, "s1: Simple test-time scaling"): thinking tokens are
 the tokens generated before `</think>` (the templates pre-fill `<think>`). With --min-think N an
@@ -27,15 +28,15 @@ its own, nothing but answers goes to stdout, and EOF exits 0.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from aha.tasks import Messages, Task, prompt_prefill
 
 THINK_END = "</think>"
 WAIT = "Wait"
@@ -43,7 +44,6 @@ FORCED_END = "\n</think>\n<answer>\n"
 ANSWER_END = "</answer>"
 TURN_STOPS = ("\nUser:", "\nHuman:", "\nAssistant:")  # the model starting a turn of its own
 TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
-_COUNTDOWN_INPUT = re.compile(r"^\s*((?:-?\d+[\s,]+)*-?\d+)\s*(?:->|=>|=|:)\s*(-?\d+)\s*$")
 
 HELP = """commands:
   /reset          forget the conversation and restore the command-line settings
@@ -214,29 +214,10 @@ def _drop_from(ids: list[int], tokenizer: Any, cut: int) -> list[int]:
 
 # ---------------------------------------------------------------------------- prompts
 
-def make_prompt(task: Any, question: str) -> Any:
-    """The task's prompt for a typed question (raw text when no task or it cannot be parsed)."""
-    if task is None or not callable(getattr(task, "prompt", None)):
-        return question
-    if getattr(task, "name", "") == "countdown":
-        m = _COUNTDOWN_INPUT.match(question)
-        if not m:
-            return question
-        return task.prompt([int(x) for x in re.split(r"[\s,]+", m.group(1).strip())], int(m.group(2)))
-    import inspect
-
-    if len(inspect.signature(task.prompt).parameters) != 1:  # not built from one question: send it raw
-        return question
-    return task.prompt(question)
-
-
-def prefill_of(prompt: Any) -> str:
-    """Assistant text the prompt already starts (shown with the answer so the format reads whole)."""
-    if isinstance(prompt, list):
-        last = prompt[-1] if prompt else {}
-        return str(last.get("content", "")) if last.get("role") == "assistant" else ""
-    _, sep, tail = prompt.rpartition("Assistant:")
-    return tail.lstrip(" ") if sep else ""
+def make_prompt(task: Task | None, question: str) -> str | Messages:
+    """The prompt for a typed question: the task's template around it (`Task.user_prompt`), or the
+    text as typed without a task (--raw)."""
+    return question if task is None else task.user_prompt(question)
 
 
 @dataclass
@@ -268,58 +249,6 @@ class Conversation:
 
 
 # ---------------------------------------------------------------------------- the command
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from aha.eval_cli import add_model_arguments, add_task_arguments
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("input: gsm8k takes the question as is; countdown takes '3 7 25 50 -> 75' (other text is sent "
-                "raw);\n--raw sends every line without a template.\n\n" + HELP)
-    add_model_arguments(p)
-    add_task_arguments(p, default_task="gsm8k")
-    p.add_argument("--raw", action="store_true", help="no task template: send the text as typed")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512, metavar="N")
-    p.add_argument("--min-think", type=int, default=0, metavar="N",
-                   help="budget forcing: replace an early </think> with 'Wait' until N thinking tokens")
-    p.add_argument("--max-think", type=int, default=0, metavar="N", help="budget forcing: force </think> at N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jsonl", action="store_true",
-                   help="print one JSON object per answer (question, completion, answer) instead of the text")
-
-
-def run(args: argparse.Namespace) -> int:
-    from aha.errors import ConfigError
-    from aha.eval_cli import build_task, run_config, task_spec
-    from aha.inference import load_trained
-
-    if args.min_think < 0 or args.max_think < 0 or args.max_new_tokens < 1:
-        raise ConfigError("--min-think and --max-think must be >= 0, --max-new-tokens >= 1")
-    if args.max_think and args.min_think > args.max_think:
-        raise ConfigError(f"--min-think {args.min_think} exceeds --max-think {args.max_think}")
-    if not (args.checkpoint or args.adapter or args.model):
-        raise ConfigError("nothing to play with: pass --checkpoint DIR, --adapter DIR or --model NAME")
-    cfg = run_config(args)
-    task = None
-    if not args.raw:
-        name, options = task_spec(args, cfg, default_task="gsm8k")
-        task = build_task(name, options)
-    policy = load_trained(args.checkpoint, args.adapter, args.model, args.device, args.dtype)
-    session = Session(policy.model, policy.tokenizer, task, Settings(
-        args.temperature, args.top_p, args.max_new_tokens, args.min_think, args.max_think, args.seed))
-    interactive = sys.stdin.isatty()
-    if interactive:
-        import readline  # noqa: F401  (line editing and history for input())
-
-        what = f"task {task.name}" if task is not None else "no template"
-        print(f"aha play: {_label(args)}, {what}. /help for commands, Ctrl-D to leave.", file=sys.stderr)
-    return session.loop(interactive, args.jsonl)
-
-
-def _label(args: argparse.Namespace) -> str:
-    return args.checkpoint or args.adapter or args.model
-
 
 class Session:
     """The read-answer loop and its commands."""
@@ -368,7 +297,7 @@ class Session:
         fresh = make_prompt(self.task, question)
         prompt = self.history.prompt(fresh) if interactive else fresh
         ids, _ = encode_prompts(self.tokenizer, [prompt])
-        head = prefill_of(prompt)
+        head = prompt_prefill(prompt)  # shown with the answer, so the format reads whole
         stream = None if jsonl else _write
         if stream:
             stream(head)
@@ -376,10 +305,8 @@ class Session:
             completion = generate_forced(self.model, self.tokenizer, ids[0].tolist(), self.settings, self.eos, stream,
                                          self.generator)
         if jsonl:
-            from aha.eval import vote_answer
-
-            print(json.dumps({"question": question, "completion": head + completion,
-                              "answer": vote_answer(head + completion)}), flush=True)
+            answer = (self.task or Task()).final_answer(head + completion)
+            print(json.dumps({"question": question, "completion": head + completion, "answer": answer}), flush=True)
         else:
             _write("\n")
         if interactive:

@@ -20,9 +20,7 @@ Agg backend: no display needed) and `report.md`, which embeds them by relative p
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -419,25 +417,3 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}  # a damaged config only costs the header line its model and task names
     return data if isinstance(data, dict) else {}
-
-
-# ---------------------------------------------------------------------------- the command
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output_dir (holds metrics.jsonl)")
-    p.add_argument("--out", metavar="DIR", help="where to write report.md and the PNGs (default: RUN_DIR/report)")
-    p.add_argument("--smooth", type=int, default=0, metavar="N",
-                   help="moving-average window in steps (default: about 1/20 of the run, 1 to 25)")
-    for key, default in DEFAULT_THRESHOLDS.items():
-        flag = key.removesuffix("_rate").replace("_", "-")
-        p.add_argument(f"--{flag}-threshold", type=float, default=default, dest=f"{key}_threshold", metavar="X",
-                       help=f"the aha step of {key}: first step its smoothed value reaches this (default: {default})")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.smooth < 0:
-        raise ValueError("--smooth must be >= 0 (0 = automatic)")
-    th = {k: getattr(args, f"{k}_threshold") for k in DEFAULT_THRESHOLDS}
-    path = write_report(args.run_dir, args.out, args.smooth, th)
-    print(f"aha: report written to {path}", file=sys.stderr)
-    return 0

@@ -9,13 +9,13 @@ configured to match).
     python bench/step.py -c rtx5090 model=random:qwen2.5-3b task=arith --vs-trl \
         --json bench/results/step-gpu.json        # CUDA: bf16, gradient checkpointing as the preset says
 
-aha's step is the training loop's own pieces (`aha.rollout.generate`, `Task.score`, `group_advantages`,
-`aha.train.policy_update`) on the model, optimizer and scheduler `aha train` would build from the same
-config. Timed: `--warmup` steps first (not counted), then the mean over `--steps` steps (of every
-`--rounds` round) of the time from drawing the prompts to the end of `policy_update` (optimizer and
-scheduler step included), split into gen (tokenize + sample + decode), score (rewards and the accuracy /
-format checks) and update (advantages + log-probs + loss + backward + clip + optimizer step); CUDA is
-synchronized at each boundary. Both wall time and the process's CPU time are reported: with --threads 1
+aha's step is the function the training loop calls, `aha.train.grpo_step`, on the learner (model,
+optimizer, scheduler) `aha.train.build_learner` builds for `aha train` from the same config. Timed:
+`--warmup` steps first (not counted), then the mean over `--steps` steps (of every `--rounds` round) of
+the time from drawing the prompts to the end of the step (optimizer and scheduler step included), split
+at `grpo_step`'s own phase marks into gen (draw prompts + tokenize + sample + decode), score (rewards and
+the accuracy / format checks) and update (advantages + log-probs + loss + backward + clip + optimizer
+step); CUDA is synchronized at each boundary. Both wall time and the process's CPU time are reported: with --threads 1
 the CPU time is the step's own work, steadier than wall time on a machine shared with other jobs.
 By default every completion is exactly max_new_tokens long on both sides (EOS ignored, as DESIGN.md asks
 of timings), so both do the same work whatever the sampled text; --natural-length lets EOS end them.
@@ -29,11 +29,9 @@ included), which is why each side runs in its own subprocess (this file again, w
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
-import random
 import resource
 import subprocess
 import sys
@@ -44,13 +42,13 @@ from typing import Any
 
 import torch
 
-from aha.algo import group_advantages
 from aha.config import Config, load_config
-from aha.model import load_policy, resolve_device, trainable_parameters
-from aha.optim import build_optimizer
-from aha.rollout import SamplingParams, generate
+from aha.data import fresh_state, next_indices
+from aha.model import resolve_device
+from aha.rollout import SamplingParams
+from aha.seeding import seed_rngs
 from aha.tasks import get_task
-from aha.train import lr_lambda, next_indices, policy_update
+from aha.train import build_learner, grpo_step
 
 PHASES = ("gen", "score", "update")
 TIMED = ("steps", *PHASES)
@@ -63,52 +61,36 @@ def clock() -> tuple[float, float]:
 
 
 def run_aha(cfg: Config, steps: int, warmup: int, fixed_length: bool) -> dict[str, Any]:
-    """warmup + steps GRPO steps, as aha.train.train() runs them (no logging, eval or checkpoints)."""
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    """warmup + steps GRPO steps: `aha.train.grpo_step` on the learner `aha.train.build_learner` builds,
+    as `aha train` runs them (no logging, eval or checkpoints)."""
+    seed_rngs(cfg.seed)
     task = get_task(cfg.task, **cfg.task_options)
     train_set = task.examples("train")
-    policy = load_policy(cfg.model, cfg.finetune, cfg.lora, cfg.device, cfg.dtype, cfg.gradient_checkpointing,
-                         cfg.seed)
-    model, tokenizer, device = policy.model, policy.tokenizer, policy.device
-    ref_model = None
-    if cfg.algo.beta > 0 and policy.finetune == "full":
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = build_optimizer(cfg, trainable_parameters(model))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    r, G = cfg.rollout, cfg.rollout.num_generations
+    learner = build_learner(cfg, cfg.device)
+    device = next(learner.model.parameters()).device
+    r = cfg.rollout
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, ignore_eos=fixed_length)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0}
+
+    def synced_clock() -> tuple[float, float]:
+        sync()  # CUDA work queued in a phase is counted in that phase
+        return clock()
+
+    state = fresh_state()
     out: dict[str, list[float]] = {k: [] for k in ("tokens", *TIMED, *(f"cpu_{k}" for k in TIMED))}
-    model.train()
+    learner.model.train()
     for i in range(warmup + steps):
         if i == warmup and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        sync()
-        t0 = clock()
+        t0 = synced_clock()
         examples = [train_set[j] for j in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
-        group = [ex for ex in examples for _ in range(G)]
-        ro = generate(model, tokenizer, [ex.prompt for ex in group], sampling, r.engine, r.batch_size)
-        sync()
-        t1 = clock()
-        rewards = torch.tensor([task.score(text, ex)[0] for text, ex in zip(ro.texts, group)])
-        # The loop also scores accuracy and format for its metrics: part of its scoring time.
-        correct = [task.is_correct(text, ex) for text, ex in zip(ro.texts, group)]  # noqa: F841
-        formatted = [task.is_formatted(text, ex) for text, ex in zip(ro.texts, group)]  # noqa: F841
-        t2 = clock()
-        advantages, zero_std = group_advantages(rewards, G, scale=cfg.algo.scale_rewards)
-        rows = torch.arange(len(group))
-        if cfg.algo.drop_zero_std:
-            rows = rows[~zero_std.repeat_interleave(G)]
-        policy_update(model, ro, advantages, rows, optimizer, scheduler, cfg, ref_model)
-        sync()
-        t3 = clock()
+        res = grpo_step(learner, task, examples, cfg, sampling, clock=synced_clock)
+        _, t1, t2, t3 = res.marks
         if i >= warmup:
             for key, (start, end) in zip(TIMED, ((t0, t3), (t0, t1), (t1, t2), (t2, t3))):
                 out[key].append(end[0] - start[0])
                 out[f"cpu_{key}"].append(end[1] - start[1])
-            out["tokens"].append(float(ro.completion_mask.sum()))
+            out["tokens"].append(float(sum(rec.length for rec in res.records)))
         print(f"aha step {i + 1}/{warmup + steps}{' (warmup)' if i < warmup else ''}: {t3[0] - t0[0]:.2f}s",
               file=sys.stderr, flush=True)
     return out

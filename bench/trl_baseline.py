@@ -32,7 +32,7 @@ from aha.model import load_base, resolve_device, resolve_dtype
 from aha.rollout import render_prompt
 from aha.tasks import get_task
 from aha.tasks.base import Example
-from aha.train import next_indices
+from aha.data import next_indices
 
 # aha's algo.loss_agg -> TRL's loss_type (TRL's docs: "grpo" = mean over each sequence's tokens, then
 # over sequences; "dapo" = over all tokens of the global batch; "dr_grpo" = over max_completion_length).

@@ -45,13 +45,13 @@ def main() -> None:
     prompts = [ex.prompt for ex in task.examples("train")[:cfg.prompts_per_step]]
     pids, pmask = encode_prompts(policy.tokenizer, prompts, device)  # (U, P)
     G, C = cfg.rollout.num_generations, cfg.rollout.max_new_tokens
-    group = torch.arange(len(prompts), device=device).repeat_interleave(G)  # (B,)
-    cids = torch.randint(0, len(policy.tokenizer), (len(group), C), device=device)
+    prompt_index = torch.arange(len(prompts), device=device).repeat_interleave(G)  # (B,)
+    cids = torch.randint(0, len(policy.tokenizer), (len(prompt_index), C), device=device)
     cmask = torch.ones_like(cids)
-    ids, mask = torch.cat([pids[group], cids], 1), torch.cat([pmask[group], cmask], 1)
+    ids, mask = torch.cat([pids[prompt_index], cids], 1), torch.cat([pmask[prompt_index], cmask], 1)
 
     def shared() -> torch.Tensor:
-        return shared_prompt_logprobs(model, pids, pmask, group, cids, cmask, 1.0, cfg.logprob_chunk)[0]
+        return shared_prompt_logprobs(model, pids, pmask, prompt_index, cids, cmask, 1.0, cfg.logprob_chunk)[0]
 
     def per_row() -> torch.Tensor:
         return completion_logprobs(model, ids, mask, C, 1.0, cfg.logprob_chunk)[0]

@@ -33,6 +33,9 @@ class ToyTask(Task):
     name = "toy"
     rewards = {"letters": (letter_fraction, 1.0), "digit": (has_digit, 0.5)}
 
+    def __init__(self, **options):  # the presets' task_options are another task's: ignored
+        pass
+
     def examples(self, split: str):
         n = 16 if split == "train" else 4
         return [Example(id=f"toy/{split}/{i}", prompt=f"{split} prompt {i}:", target=None) for i in range(n)]
@@ -44,11 +47,17 @@ class ToyTask(Task):
         return has_digit(completion, ex) > 0
 
 
+class EqualRewardTask(ToyTask):
+    """Every completion gets the same reward: no group ever carries a signal."""
+
+    name = "flat"
+    rewards = {"flat": (lambda completion, ex: 1.0, 1.0)}
+
+
 @pytest.fixture
 def toy_task(monkeypatch):
-    """Make `task=toy` resolve to ToyTask inside the trainer."""
-    import aha.train
+    """Register ToyTask as `task=toy` in the tasks table, as a new task file would be."""
+    from aha.tasks import TASKS
 
-    real = aha.train.get_task
-    monkeypatch.setattr(aha.train, "get_task", lambda name, **o: ToyTask() if name == "toy" else real(name, **o))
+    monkeypatch.setitem(TASKS, "toy", "conftest:ToyTask")
     return ToyTask()

@@ -6,6 +6,7 @@ updated trainable weights and the update's metrics to OUT.
 """
 
 import sys
+from dataclasses import asdict
 
 import torch
 
@@ -14,7 +15,7 @@ from aha.config import load_config
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy
 from aha.rollout import Rollout
-from aha.train import policy_update
+from aha.update import policy_update
 
 N_PROMPTS, G, P, C = 4, 2, 6, 5
 
@@ -58,7 +59,7 @@ def main() -> None:
     stats = policy_update(model, local, adv[lo:hi], local_rows, opt, sched, cfg, None, net, d)
     if d.main:
         weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        torch.save({"weights": weights, "stats": stats, "world": d.world}, out)
+        torch.save({"weights": weights, "stats": asdict(stats), "world": d.world}, out)
     distributed.shutdown(d)
 
 

@@ -32,3 +32,11 @@ def test_help_lists_every_command():
     r = aha("--help")
     for cmd in ("train", "eval", "play", "report", "countdown"):
         assert cmd in r.stdout
+
+
+def test_greedy_training_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    for setting in ("rollout.temperature=0", "rollout.top_k=1", "rollout.top_p=0"):
+        r = aha("train", "-c", "smoke", f"output_dir={out}", setting)
+        assert r.returncode == 2 and setting in r.stderr and "greedy" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

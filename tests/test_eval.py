@@ -17,10 +17,10 @@ import yaml
 
 from aha.cli import main
 from aha.errors import CheckpointError
-from aha.eval import evaluate, k_values, majority_index, pass_at_k, summarize, vote_answer
-from aha.inference import load_trained
+from aha.eval import evaluate, k_values, majority_index, pass_at_k, summarize
+from aha.trained import load_trained
 from aha.model import load_policy
-from aha.tasks import Example, get_task
+from aha.tasks import Example, Task, get_task
 
 TINY = "random:tiny-qwen2"
 
@@ -60,24 +60,28 @@ def test_pass_at_k_is_the_unbiased_estimator():
         pass_at_k(4, 1, 5)
 
 
-def test_vote_answer_normalises_the_last_answer_block():
-    assert vote_answer("<think>x</think><answer>\n 1,000 \n</answer>") == "1000"
-    assert vote_answer("<answer>1</answer> then <answer>2</answer>") == "2"
-    assert vote_answer("<answer>(1 + 2) * 3</answer>") == "(1+2)*3"
-    assert vote_answer("no answer") is None and vote_answer("<answer>7") is None
-    assert vote_answer("<answer>  </answer>") is None
-    assert majority_index(["<answer>3</answer>", "<answer>4</answer>", "<answer> 4</answer>", "x"]) == 1
-    assert majority_index(["<answer>5</answer>", "<answer>6</answer>"]) == 0  # tie: first seen
-    assert majority_index(["x", "y"]) is None
+def test_majority_votes_over_the_tasks_final_answers():
+    task = Task()  # the default final answer: the last <answer> block, normalised
+    assert task.final_answer("<think>x</think><answer>\n 1,000 \n</answer>") == "1000"
+    assert task.final_answer("<answer>1</answer> then <answer>2</answer>") == "2"
+    assert task.final_answer("<answer>(1 + 2) * 3</answer>") == "(1+2)*3"
+    assert task.final_answer("no answer") is None and task.final_answer("<answer>7") is None
+    assert task.final_answer("<answer>  </answer>") is None
+    # Numbers by the tasks' rules: a comma only separates thousands, "$" and a trailing "." go.
+    assert task.final_answer("<answer>$1,000.</answer>") == task.final_answer("<answer>1000</answer>") == "1000"
+    assert task.final_answer("<answer>1,2</answer>") == "1,2" != task.final_answer("<answer>12</answer>")
+    assert majority_index(task, ["<answer>3</answer>", "<answer>4</answer>", "<answer> 4</answer>", "x"]) == 1
+    assert majority_index(task, ["<answer>5</answer>", "<answer>6</answer>"]) == 0  # tie: first seen
+    assert majority_index(task, ["x", "y"]) is None
 
 
-class EchoTask:
+class EchoTask(Task):
     """A task whose answer check is readable in the test: correct iff the answer is the target."""
 
     name = "echo"
 
     def is_correct(self, completion: str, ex: Example) -> bool:
-        return vote_answer(completion) == ex.target
+        return self.final_answer(completion) == ex.target
 
     def is_formatted(self, completion: str, ex: Example) -> bool:
         return "<answer>" in completion

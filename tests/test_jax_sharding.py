@@ -72,8 +72,8 @@ SCRIPT = textwrap.dedent('''
 
     # Same numbers as one device.
     for k in ("loss", "kl", "clip_frac", "grad_norm", "entropy"):
-        assert np.isclose(stats8[k], stats1[k], rtol=2e-4, atol=1e-6), (k, stats8[k], stats1[k])
-    assert stats8["grad_norm"] > 0
+        assert np.isclose(getattr(stats8, k), getattr(stats1, k), rtol=2e-4, atol=1e-6), (k, stats8, stats1)
+    assert stats8.grad_norm > 0
     for a, b in zip(jax.tree.leaves(lora8), jax.tree.leaves(lora1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
     assert (ro8.completion_ids == ro1.completion_ids).all()
@@ -91,7 +91,7 @@ SCRIPT = textwrap.dedent('''
     assert 5.0e9 < total < 5.3e9 and per_core < 0.67e9, (total, per_core)
     assert weight_spec((jax.tree_util.DictKey("embed"),), jax.ShapeDtypeStruct((256000, 2304), jnp.bfloat16),
                        8) == P("fsdp", None)
-    print("OK", stats8["loss"], stats1["loss"])
+    print("OK", stats8.loss, stats1.loss)
 ''')
 
 

@@ -41,7 +41,7 @@ def test_cli_smoke_run_checkpoint_and_resume(tmp_path: Path, capsys):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     assert "resumed from" in capsys.readouterr().err
     # the torch path (aha eval / aha play) loads the JAX run's adapter onto the same base
-    from aha.inference import load_trained
+    from aha.trained import load_trained
 
     policy = load_trained(checkpoint=out)
     assert policy.finetune == "lora" and hasattr(policy.model, "peft_config")
@@ -53,11 +53,9 @@ def _toy(out: Path, *extra: str):
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_metrics_as_a_straight_run(tmp_path: Path, monkeypatch):
+def test_resume_gives_the_same_metrics_as_a_straight_run(tmp_path: Path, toy_task):
     import aha.jax.train as jt
-    from conftest import ToyTask
 
-    monkeypatch.setattr(jt, "get_task", lambda name, **o: ToyTask())
     straight = jt.train(_toy(tmp_path / "a", "max_steps=4", "save_every=2"))
     split = tmp_path / "b"
     jt.train(_toy(split, "max_steps=2", "save_every=2"))

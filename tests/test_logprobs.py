@@ -6,6 +6,7 @@ import torch
 from aha.logprobs import (batch_logprobs, completion_logprobs, naive_completion_logprobs, position_ids,
                           shared_prompt_logprobs)
 from aha.model import load_policy
+from aha.update import MicroBatch
 
 
 def _batch(vocab: int, seed: int = 0):
@@ -65,12 +66,12 @@ def _shared_batch(vocab: int, seed: int = 0, P: int = 7, C: int = 6):
     pmask = torch.ones_like(prompts)
     pmask[0, :3] = 0
     pmask[2, :1] = 0
-    group = torch.tensor([0, 0, 1, 2, 2])
+    prompt_index = torch.tensor([0, 0, 1, 2, 2])
     comps = torch.randint(0, vocab, (5, C), generator=g)
     cmask = torch.ones_like(comps)
     cmask[1, 2:] = 0  # ended early (EOS at position 1)
     cmask[3, 4:] = 0
-    return prompts, pmask, group, comps, cmask
+    return prompts, pmask, prompt_index, comps, cmask
 
 
 @pytest.mark.parametrize("arch", ["tiny-qwen2", "tiny-llama", "tiny-gemma2"])
@@ -79,13 +80,13 @@ def test_shared_prompt_equals_per_row_with_gradients(arch):
     backward through the repeated keys/values sums the rows)."""
     pol = load_policy(f"random:{arch}", finetune="full", device="cpu", seed=4)
     model = pol.model
-    prompts, pmask, group, comps, cmask = _shared_batch(model.config.vocab_size)
+    prompts, pmask, prompt_index, comps, cmask = _shared_batch(model.config.vocab_size)
     w = torch.randn(5, 6, generator=torch.Generator().manual_seed(9)) * cmask
-    lp, ent = shared_prompt_logprobs(model, prompts, pmask, group, comps, cmask, temperature=0.8, chunk=4)
+    lp, ent = shared_prompt_logprobs(model, prompts, pmask, prompt_index, comps, cmask, temperature=0.8, chunk=4)
     (lp * w).sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    ids, mask = torch.cat([prompts[group], comps], 1), torch.cat([pmask[group], cmask], 1)
+    ids, mask = torch.cat([prompts[prompt_index], comps], 1), torch.cat([pmask[prompt_index], cmask], 1)
     ref, ref_ent = completion_logprobs(model, ids, mask, 6, temperature=0.8, chunk=4)
     (ref * w).sum().backward()
     real = cmask.bool()
@@ -99,10 +100,10 @@ def test_shared_prompt_beyond_gemma2_sliding_window():
     """Prompt + completion longer than Gemma 2's sliding window (64 in the tiny config): the cached
     keys of the sliding layers must still line up with the per-row forward."""
     pol = load_policy("random:tiny-gemma2", finetune="full", device="cpu", seed=5)
-    prompts, pmask, group, comps, cmask = _shared_batch(pol.model.config.vocab_size, P=50, C=30)
+    prompts, pmask, prompt_index, comps, cmask = _shared_batch(pol.model.config.vocab_size, P=50, C=30)
     with torch.no_grad():
-        lp, _ = shared_prompt_logprobs(pol.model, prompts, pmask, group, comps, cmask)
-        ids, mask = torch.cat([prompts[group], comps], 1), torch.cat([pmask[group], cmask], 1)
+        lp, _ = shared_prompt_logprobs(pol.model, prompts, pmask, prompt_index, comps, cmask)
+        ids, mask = torch.cat([prompts[prompt_index], comps], 1), torch.cat([pmask[prompt_index], cmask], 1)
         ref = naive_completion_logprobs(pol.model, ids, mask, 30)
     real = cmask.bool()
     assert torch.allclose(lp[real], ref[real], atol=1e-5)
@@ -112,8 +113,8 @@ def test_batch_logprobs_falls_back_to_per_row_under_gradient_checkpointing():
     """transformers drops the KV cache in checkpointed layers; the per-row path must be taken then,
     and it must give the same numbers."""
     pol = load_policy("random:tiny-qwen2", finetune="lora", device="cpu", gradient_checkpointing=True, seed=6)
-    prompts, pmask, group, comps, cmask = _shared_batch(pol.model.config.vocab_size)
-    mb = {"prompt_ids": prompts, "prompt_mask": pmask, "group": group, "cids": comps, "cmask": cmask}
+    prompts, pmask, prompt_index, comps, cmask = _shared_batch(pol.model.config.vocab_size)
+    mb = MicroBatch(prompts, pmask, prompt_index, comps, cmask, torch.zeros(len(comps)))
     pol.model.train()
     lp, _ = batch_logprobs(pol.model, mb)
     lp.sum().backward()  # the checkpointed path really ran with gradients
@@ -130,8 +131,8 @@ def test_no_grad_passes_of_a_checkpointed_model_use_the_shared_path(monkeypatch)
     import aha.logprobs as lp_mod
 
     pol = load_policy("random:tiny-qwen2", finetune="lora", device="cpu", gradient_checkpointing=True, seed=6)
-    prompts, pmask, group, comps, cmask = _shared_batch(pol.model.config.vocab_size)
-    mb = {"prompt_ids": prompts, "prompt_mask": pmask, "group": group, "cids": comps, "cmask": cmask}
+    prompts, pmask, prompt_index, comps, cmask = _shared_batch(pol.model.config.vocab_size)
+    mb = MicroBatch(prompts, pmask, prompt_index, comps, cmask, torch.zeros(len(comps)))
     calls = []
     real_shared = lp_mod.shared_prompt_logprobs
     monkeypatch.setattr(lp_mod, "shared_prompt_logprobs", lambda *a, **k: calls.append(1) or real_shared(*a, **k))
@@ -139,7 +140,7 @@ def test_no_grad_passes_of_a_checkpointed_model_use_the_shared_path(monkeypatch)
     with torch.no_grad():
         shared, _ = batch_logprobs(pol.model, mb)
     assert calls and pol.model.training
-    ids, mask = torch.cat([prompts[group], comps], 1), torch.cat([pmask[group], cmask], 1)
+    ids, mask = torch.cat([prompts[prompt_index], comps], 1), torch.cat([pmask[prompt_index], cmask], 1)
     with torch.no_grad():
         ref, _ = completion_logprobs(pol.model, ids, mask, comps.shape[1])
     real = cmask.bool()

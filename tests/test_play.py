@@ -15,7 +15,7 @@ import torch
 
 from aha.cli import main
 from aha.model import byte_tokenizer, load_policy
-from aha.play import FORCED_END, Conversation, Settings, generate_forced, make_prompt, prefill_of
+from aha.play import FORCED_END, Conversation, Settings, generate_forced, make_prompt
 from aha.rollout import SamplingParams, encode_prompts, eos_token_ids, generate
 
 TOK = byte_tokenizer()
@@ -148,8 +148,6 @@ def test_make_prompt_uses_the_task_template():
     assert make_prompt(cd, "3, 7, 25 = 75") == cd.prompt([3, 7, 25], 75)
     assert make_prompt(cd, "hello there") == "hello there"  # not a puzzle: sent raw
     assert make_prompt(None, "raw") == "raw"
-    assert prefill_of(gsm.prompt("q")) == "<think>\n"
-    assert prefill_of(get_task("gsm8k", template="chat").prompt("q")) == "<think>\n"
 
 
 def test_conversation_continues_text_and_chat_prompts():

@@ -1,10 +1,11 @@
-"""Every reward of every task, on arbitrary and hostile text: a finite float in [0, 1], within 50 ms,
-never an exception. Also the per-reward metrics helper `reward_means`."""
+"""Every reward of every task, on arbitrary and hostile text: a finite float in [0, 1], never an
+exception. Also the per-reward metrics helper `reward_means`. How long they take on the same
+hostile texts (the 50 ms budget) is measured by bench/rewards.py, not asserted here: a shared
+test machine's clock says little."""
 
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,8 +14,6 @@ from hypothesis import strategies as st
 from aha.tasks import Example, Task, reward_means
 from aha.tasks.countdown import Countdown
 from aha.tasks.gsm8k import GSM8K
-
-MAX_SECONDS = 0.05
 
 GSM8K_BASE, GSM8K_CHAT = GSM8K(), GSM8K(template="chat")
 CD_BASE, CD_CHAT = Countdown(n_test=3, shaping=True), Countdown(n_test=3, template="chat", shaping=True)
@@ -31,11 +30,8 @@ def check_all(text: str) -> None:
     """Each reward, then score / is_correct / is_formatted, on `text` for every task and prompt style."""
     for task, ex in CASES:
         for name, (fn, _) in task.rewards.items():
-            start = time.perf_counter()
             value = fn(text, ex)
-            elapsed = time.perf_counter() - start
             assert type(value) is float and math.isfinite(value) and 0.0 <= value <= 1.0, (ex.id, name, value)
-            assert elapsed <= MAX_SECONDS, f"{ex.id} {name}: {elapsed * 1000:.1f} ms on {len(text)} chars"
         total, parts = task.score(text, ex)
         assert set(parts) == set(task.rewards) and total == pytest.approx(sum(parts.values()))
         assert 0.0 <= total <= sum(w for _, w in task.rewards.values())

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from aha.model import load_policy
@@ -59,3 +60,150 @@ def test_generate_restores_training_mode():
     pol.model.train()
     generate(pol.model, pol.tokenizer, ["x"], SamplingParams(max_new_tokens=3))
     assert pol.model.training
+
+
+# ---------------------------------------------------------------------------- the model's generation_config
+
+def _non_neutral(gen_cfg, tok, search: bool = True) -> None:
+    """Every logits-processor setting a checkpoint's generation_config.json may carry, and with
+    `search` the length and search settings too (beams, several sequences per prompt)."""
+    banned, forced = tok("e", add_special_tokens=False).input_ids, tok("z", add_special_tokens=False).input_ids[0]
+    settings = dict(
+        repetition_penalty=3.0, no_repeat_ngram_size=1, min_p=0.5, top_k=2, top_p=0.3, temperature=0.05,
+        typical_p=0.2, epsilon_cutoff=0.01, eta_cutoff=0.01, suppress_tokens=banned, begin_suppress_tokens=banned,
+        bad_words_ids=[banned], sequence_bias={tuple(banned): -10.0}, renormalize_logits=True,
+        exponential_decay_length_penalty=(2, 1.5), forced_bos_token_id=forced, forced_eos_token_id=forced)
+    if search:
+        settings.update(min_length=40, min_new_tokens=9, num_beams=3, num_return_sequences=2, length_penalty=2.0,
+                        do_sample=True, max_length=5)
+    for name, value in settings.items():
+        setattr(gen_cfg, name, value)
+
+
+@pytest.mark.parametrize("search", [False, True], ids=["processors", "processors+search"])
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+@pytest.mark.parametrize("engine", ["hf", "native"])
+def test_model_generation_config_never_changes_rollouts(engine, finetune, search):
+    """Rollouts sample what the update assumes: a model whose generation_config sets non-neutral
+    values gives exactly the rollouts of the same model with a neutral one, greedy and sampled."""
+    from transformers import GenerationConfig
+
+    pol = load_policy("random:tiny-qwen2", finetune=finetune, device="cpu")
+    model, tok = pol.model, pol.tokenizer
+    base = model.get_base_model() if finetune == "lora" else model
+    eos = base.generation_config.eos_token_id
+    prompts = ["hello there", "a b c d e f", "x"] * 2
+    runs = {}
+    for label in ("neutral", "non-neutral"):
+        base.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id)
+        if label == "non-neutral":
+            _non_neutral(base.generation_config, tok, search)
+        own = base.generation_config
+        out = []
+        for params in (SamplingParams(max_new_tokens=16, temperature=0.0),
+                       SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, top_k=40)):
+            torch.manual_seed(3)
+            out.append(generate(model, tok, prompts, params, engine=engine).completion_ids)
+        assert base.generation_config is own  # the model's own config is back in place
+        runs[label] = out
+    assert all(torch.equal(a, b) for a, b in zip(runs["neutral"], runs["non-neutral"]))
+    # The settings are live: transformers' own generate with them (greedy unless `search` sets
+    # do_sample) decodes something else than plain greedy decoding.
+    ids, mask = encode_prompts(tok, prompts[:1])
+    torch.manual_seed(3)
+    with torch.no_grad():
+        raw = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16)[:, ids.shape[1]:]
+    greedy = runs["neutral"][0][:1, :raw.shape[1]]
+    assert raw.shape != greedy.shape or not torch.equal(raw, greedy)
+
+
+def test_play_decoder_ignores_the_model_generation_config():
+    """`aha play` decodes with its own loop on the model's forward: no generation_config either."""
+    from transformers import GenerationConfig
+
+    from aha.play import Settings, generate_forced
+
+    pol = load_policy("random:tiny-qwen2", device="cpu")
+    base, tok = pol.model.get_base_model(), pol.tokenizer
+    ids = encode_prompts(tok, ["hello"])[0][0].tolist()
+    texts = []
+    for pollute in (False, True):
+        base.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id)
+        if pollute:
+            _non_neutral(base.generation_config, tok)
+        texts.append(generate_forced(pol.model, tok, ids, Settings(temperature=1.0, max_new_tokens=16, seed=1),
+                                     [tok.eos_token_id]))
+    assert texts[0] == texts[1]
+
+
+def test_vllm_engine_ignores_the_checkpoint_generation_config(monkeypatch):
+    """The vLLM path: its LLM is built with vLLM's neutral defaults, never a generation_config.json."""
+    import types
+
+    from aha.rollout import vllm as engine
+
+    built = {}
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            built.update(kwargs)
+
+        def sleep(self, level):
+            pass
+
+    monkeypatch.setattr(engine, "_engine", None)
+    pol = load_policy("random:tiny-qwen2", device="cpu")
+    engine._llm(pol.model, types.SimpleNamespace(LLM=FakeLLM))
+    assert built["generation_config"] == "vllm" and built["load_format"] == "dummy"
+
+
+# ---------------------------------------------------------------------------- the pre-fill the rewards judge
+
+TRIMMING = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+DROPPING = ("{% for m in messages %}{% if m['role'] != 'assistant' %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+            "<|im_end|>\n{% endif %}{% endfor %}<|im_start|>assistant\n")
+
+
+def test_a_chat_template_that_alters_the_prefill_is_refused():
+    from aha.errors import ConfigError
+    from aha.tasks import get_task
+
+    tok = load_policy("random:tiny-qwen2", device="cpu").tokenizer
+    chat_prompts = [get_task("gsm8k", template="chat").prompt("Q?"),
+                    get_task("countdown", template="chat", n_test=2).examples("test")[0].prompt,
+                    get_task("arith", n_test=2).examples("test")[0].prompt]
+    for prompt in chat_prompts:
+        assert render_prompt(tok, prompt).endswith(prompt[-1]["content"])  # a template that keeps it
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>\n"}]
+    tok.name_or_path = "acme/trimming-instruct"
+    for template, what in ((TRIMMING, "assistant\\n<think>'"), (DROPPING, "drops it")):
+        tok.chat_template = template
+        with pytest.raises(ConfigError) as err:
+            render_prompt(tok, msgs)
+        message = str(err.value)
+        assert "\n" not in message and "'acme/trimming-instruct'" in message and "'<think>\\n'" in message
+        assert "template=base" in message and what in message, message
+    tok.chat_template = TRIMMING
+    assert render_prompt(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>"}])
+    assert render_prompt(tok, [{"role": "user", "content": " hi "}]).endswith("<|im_start|>assistant\n")
+
+
+def test_training_with_a_trimming_template_stops_before_writing(tmp_path, monkeypatch):
+    import aha.train
+    from aha.config import load_config
+    from aha.errors import ConfigError
+
+    real = aha.train.load_policy
+
+    def trimming(*args, **kwargs):
+        policy = real(*args, **kwargs)
+        policy.tokenizer.chat_template = TRIMMING
+        return policy
+
+    monkeypatch.setattr(aha.train, "load_policy", trimming)
+    out = tmp_path / "run"
+    cfg = load_config("smoke", [f"output_dir={out}", "task=arith", "task_options={n_train: 8, n_test: 2}"])
+    with pytest.raises(ConfigError, match="template=base"):
+        aha.train.train(cfg)
+    assert not out.exists()

@@ -1,6 +1,7 @@
-"""GRPO's arithmetic in jnp: `aha/algo.py` ported function for function, same names, signatures and
-semantics (tests/test_jax_algo.py checks values and gradients against the torch functions on the
-same tensors). Read aha/algo.py for the why of each knob; only what differs is noted here.
+"""GRPO's arithmetic in jnp: `aha/algo.py`'s functions with the same names, signatures and semantics
+(tests/test_jax_algo.py checks values and gradients against the torch functions on the same
+tensors). The loss and the KL are aha/algo.py's own functions run on jax.numpy; the advantages and
+the loss weights are ported (their shape logic differs). Read aha/algo.py for the why of each knob.
 
 Shapes: N completions in the batch, G per group (N = groups * G), C completion tokens.
 Difference: `beta`, `agg`, `group_size` must be Python values (they pick the computation at trace
@@ -32,9 +33,10 @@ def group_advantages(rewards: jax.Array, group_size: int, scale: bool = True,
 
 
 def kl_k3(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
-    """Per-token k3 estimator of KL(policy || ref): exp(d) - d - 1, d = ref - logp. (B, C) -> (B, C)."""
-    d = ref_logp - logp
-    return jnp.exp(d) - d - 1
+    """Per-token k3 estimator of KL(policy || ref) (aha.algo.kl_k3 on jnp). (B, C) -> (B, C)."""
+    from aha import algo
+
+    return algo.kl_k3(logp, ref_logp, jnp)
 
 
 def loss_weights(mask: jax.Array, agg: str, n_seqs: int | jax.Array, n_tokens: int | jax.Array,
@@ -55,21 +57,9 @@ def loss_weights(mask: jax.Array, agg: str, n_seqs: int | jax.Array, n_tokens: i
 def policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, weights: jax.Array,
                 eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
                 ref_logp: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The clipped surrogate plus beta * k3 KL, aggregated by `weights`.
+    """The clipped surrogate plus beta * k3 KL, aggregated by `weights`: aha.algo.policy_loss itself,
+    on jnp arrays. logp, old_logp, ref_logp, weights: (B, C); advantages: (B,) -> (scalar loss, stats)."""
+    from aha import algo
 
-    logp, old_logp, ref_logp, weights: (B, C); advantages: (B,) -> (scalar loss, stats)."""
-    ratio = jnp.exp(logp - old_logp)  # (B, C)
-    adv = advantages[:, None]  # (B, 1)
-    unclipped = ratio * adv
-    clipped = jnp.clip(ratio, 1 - eps_low, 1 + eps_high) * adv
-    per_token = -jnp.minimum(unclipped, clipped)  # (B, C)
-    stats: dict[str, jax.Array] = {}
-    if beta > 0:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs ref_logp")
-        kl = kl_k3(logp, ref_logp)
-        per_token = per_token + beta * kl
-        stats["kl"] = jax.lax.stop_gradient(kl * weights).sum()
-    is_clipped = (clipped < unclipped).astype(jnp.float32)
-    stats["clip_frac"] = jax.lax.stop_gradient(is_clipped * weights).sum()
-    return (per_token * weights).sum(), stats
+    return algo.policy_loss(logp, old_logp, advantages, weights, eps_low, eps_high, beta, ref_logp, xp=jnp,
+                            stop_gradient=jax.lax.stop_gradient)

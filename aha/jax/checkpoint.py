@@ -4,8 +4,8 @@
 `checkpoints/step-N/` holds `adapter_model.safetensors` + `adapter_config.json` (the LoRA adapters
 in peft's format: the torch path loads them onto the same base), the tokenizer, `config.yaml`,
 `optimizer.npz` (every leaf of the optax state, in tree order), `jax_state.json` (step, data
-cursor) and `meta.json`, written last. As in aha/checkpoint.py the directory is written under a
-temporary name and renamed into place, and only the last `keep_last` are kept. No RNG state is
+cursor) and `meta.json`, written last. aha/ckptdir.py writes the directory as for the torch path: under
+a temporary name, renamed into place, only the last `keep_last` kept. No RNG state is
 saved: the loop derives each step's key from (seed, step), so a resumed run samples what the
 uninterrupted one would have.
 """
@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from aha.checkpoint import (
+from aha.ckptdir import (
+    ADAPTER_CONFIG,
     ADAPTER_FILE,
     META_FILE,
     commit,
@@ -34,7 +35,6 @@ from aha.jax import lora as lora_lib
 
 OPT_FILE = "optimizer.npz"
 STATE_FILE = "jax_state.json"
-ADAPTER_CONFIG = "adapter_config.json"
 
 __all__ = ["latest", "list_checkpoints", "load", "save", "verify"]
 

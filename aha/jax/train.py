@@ -2,10 +2,11 @@
 -> micro-batched update -> log -> eval -> checkpoint. The same steps as aha/train.py, in the same
 order, writing the same metrics.jsonl / completions.jsonl (so `aha report` reads a JAX run).
 
-Reused from the torch path: config, tasks and rewards, the prompt order (`next_indices`), the
-learning-rate schedule (`lr_lambda`), the per-completion records and step metrics
-(`completion_rows`, `rollout_metrics`), `RunLogger`, the progress line, eval's `summarize`. JAX here:
-the sampler, the loss and its gradient, the optax update, the sharding.
+Shared with the torch loop (the backend-neutral modules): config, tasks and rewards, the prompt
+order (aha/data.py), the learning-rate schedule (aha/schedule.py), the per-completion records,
+update statistics and step metrics (aha/records.py), the run directory and its logs (aha/log.py,
+aha/ckptdir.py), eval's `summarize`. JAX here: the sampler, the loss and its gradient, the optax
+update, the sharding.
 
 Where it departs from aha/train.py, and why (all for XLA's fixed shapes: a new shape is a new
 compilation, seconds to minutes on a TPU):
@@ -30,9 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from aha import fsio, guards, rundir
+from aha import guards, rundir
+from aha.ckptdir import checkpoint_to_resume
 from aha.config import Config, ConfigError
-from aha.log import RunLogger
+from aha.data import LoopState, fresh_state, next_indices
+from aha.log import log_step, open_run
+from aha.records import StepTimes, UpdateStats, completion_records, probe_record, step_metrics
+from aha.schedule import lr_lambda
 from aha.tasks import get_task
 
 COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
@@ -49,11 +54,10 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     from aha.jax.sampler import generate
     from aha.jax.sharding import make_mesh, put_batch, replicate, shard_params
     from aha.jax.weights import load_model
-    from aha.train import (Progress, checkpoint_to_resume, completion_rows, logged, lr_lambda, next_indices,
-                           rollout_metrics)
+    from aha.rollout import render_prompt
 
     run_dir = Path(cfg.output_dir)
-    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify)
+    ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify, cfg)
     random.seed(cfg.seed)
     mesh = make_mesh()
     n_dev = mesh.devices.size
@@ -65,12 +69,10 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                           f"{-(-n_rows // n_dev) * n_dev // G or 1} with num_generations={G})")
 
     task = get_task(cfg.task, **cfg.task_options)
-    train_set = task.examples("train")
-    guards.require_examples(train_set, cfg.task, "train", cfg.task_options)  # before anything is written
-    if cfg.eval_every or cfg.probe_every:
-        guards.require_examples(task.examples("test"), cfg.task, "test", cfg.task_options)
+    train_set = guards.train_examples(task, cfg)  # an empty split stops here, before anything is written
     lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
     mcfg, tokenizer = lm.config, lm.tokenizer
+    render_prompt(tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
     params = shard_params(lm.params, mesh)  # frozen, split over the devices
     lm.params = None  # drop the host copy
     targets = lora_lib.target_names(cfg.lora.target_modules)
@@ -78,17 +80,14 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     lora = lora_lib.init(jax.random.key(cfg.seed), mcfg, cfg.lora.r, targets)
     optimizer = build_optimizer(cfg)
     opt_state = optimizer.init(lora)
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "cursor": 0}
+    state: LoopState = fresh_state()
     if ckpt_path is not None:
         lora, opt_state, restored = checkpoint.load(ckpt_path, lora, opt_state, targets, mcfg)
         state.update(restored)
         print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     lora, opt_state = replicate(lora, mesh), replicate(opt_state, mesh)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    rundir.prepare(run_dir, overwrite, resuming=ckpt_path is not None)  # every check passed: --overwrite now
-    fsio.atomic_write_text(run_dir / "config.yaml", config_yaml)
-    logger = RunLogger(run_dir, cfg.tensorboard, resume_step=state["step"] if ckpt_path else None)
-    progress = Progress(cfg.max_steps, state["step"])
+    logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)
     adapter_cfg = lora_lib.adapter_config(cfg.lora.r, cfg.lora.alpha, targets, cfg.model)
     fns = step_functions(mcfg, cfg, scale, optimizer, mesh)
     schedule = lr_lambda(cfg)
@@ -101,60 +100,51 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         return generate(merged, mcfg, tokenizer, prompts, key, cfg.rollout.max_new_tokens, temperature,
                         cfg.rollout.top_p, cfg.rollout.top_k, lm.eos_ids, put)
 
+    if cfg.eval_every and state["step"] == 0:  # the untrained policy: the baseline to beat
+        logger.log_metrics(0, held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, 0))
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         # 1. Prompts: the torch path's seeded per-epoch permutation and cursor.
         examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
-        group = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent
+        rows_examples = [ex for ex in examples for _ in range(G)]  # each prompt G times, adjacent: a group
 
         # 2. Rollout: G completions per prompt from the current policy.
-        ro = sample([ex.prompt for ex in group], jax.random.fold_in(base_key, step), cfg.rollout.temperature)
+        ro = sample([ex.prompt for ex in rows_examples], jax.random.fold_in(base_key, step), cfg.rollout.temperature)
         t_gen = time.perf_counter()
 
-        # 3. Score: the task's rule-checked rewards.
-        scores = [task.score(text, ex) for text, ex in zip(ro.texts, group)]
-        rewards = np.array([total for total, _ in scores], np.float32)  # (N,)
+        # 3. Score: the task's rule-checked rewards; accuracy and format are separate, unpaid figures.
+        scores = [task.score(text, ex) for text, ex in zip(ro.texts, rows_examples)]
+        records = completion_records(task, rows_examples, ro.texts, scores, ro.completion_mask.sum(axis=1),
+                                     ro.truncated)
         t_score = time.perf_counter()
 
         # 4. Advantages within each group; all-equal groups carry no signal (optionally weighted out).
+        rewards = np.array([total for total, _ in scores], np.float32)  # (N,)
         advantages, zero_std = (np.asarray(x) for x in group_advantages(jnp.asarray(rewards), G,
                                                                          scale=cfg.algo.scale_rewards))
         keep = ~np.repeat(zero_std, G) if cfg.algo.drop_zero_std else np.ones(n_rows, bool)  # (N,)
 
-        # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches.
+        # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches - none when a
+        # reward or advantage is NaN/inf (aha/guards.py).
         lrs = [cfg.lr * schedule(state["step"] * cfg.algo.mu + i) for i in range(cfg.algo.mu)]  # per optimizer step
-        problem = guards.nonfinite_inputs(scores, advantages)  # NaN/inf rewards: no update at all
+        problem = guards.nonfinite_inputs(scores, advantages)
         if problem is None:
             lora, opt_state, stats = policy_update(fns, params, lora, opt_state, ro, advantages, keep, cfg, lrs,
                                                    n_dev, put)
-            problem = stats.pop("nonfinite")
         else:
-            from aha.train import SKIPPED_UPDATE
-
-            stats = dict(SKIPPED_UPDATE)
+            stats = UpdateStats.skipped(nonfinite=problem)
         t_end = time.perf_counter()
 
-        # 6. Log: the torch loop's records and metrics (accuracy and format are separate metrics).
-        rows_out = completion_rows(task, group, ro.texts, scores, ro.completion_mask.sum(axis=1), ro.truncated)
-        metrics = {
-            **rollout_metrics(rows_out), "frac_zero_std": float(zero_std.mean()),
-            **stats, "nonfinite_skipped": float(problem is not None), "lr": lrs[-1],
-            "tokens_per_s": sum(r["length"] for r in rows_out) / max(t_gen - t0, 1e-9),
-            "step_time": t_end - t0, "gen_time": t_gen - t0, "score_time": t_score - t_gen,
-            "update_time": t_end - t_score, "epoch": state["epoch"],
-        }
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            metrics.update({f"eval/{k}": v for k, v in evaluate(sample, task, cfg.eval_limit, n_dev).items()})
-        logger.log_metrics(step, metrics)
-        if cfg.log_completions_every and step % cfg.log_completions_every == 0:
-            logger.log_completions(step, logged(rows_out))
-        if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
-            logger.log_completions(step, [probe_completion(sample, task, n_dev)])
-        progress.update(step, metrics)
-        nonfinite.record(step, problem)  # one warning; stops the run after max_nonfinite_steps in a row
+        # 6. Log: the torch loop's records and metrics.
+        times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
+        metrics = step_metrics(records, float(zero_std.mean()), stats, lrs[-1], times, state["epoch"], G)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            metrics.update(held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, step))
+        log_step(logger, progress, cfg, step, metrics, records, lambda: probe(sample, task, n_dev))
+        nonfinite.record(step, stats.nonfinite)  # one warning; stops the run after max_nonfinite_steps in a row
 
         # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
-        # save now and stop.
+        # save now and stop (a signal during the last step just finishes the run).
         state["step"] = step
         stop = rundir.stop_signal() if step < cfg.max_steps else None
         if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
@@ -177,7 +167,7 @@ def resolve_dtype(name: str) -> str:
 
 def build_optimizer(cfg: Config) -> Any:
     """optax AdamW with the torch path's hyper-parameters; the learning rate is injected per step
-    (`lr_lambda` of aha/train.py sets it), and clipping by global norm comes first as in torch."""
+    (aha/schedule.py's `lr_lambda` sets it), and clipping by global norm comes first as in torch."""
     import optax
 
     adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=cfg.lr, b1=cfg.adam_beta1, b2=cfg.adam_beta2,
@@ -243,18 +233,16 @@ def step_functions(mcfg: Any, cfg: Config, scale: float, optimizer: Any, mesh: A
 
 def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, ro: Any, advantages: np.ndarray,
                   keep: np.ndarray, cfg: Config, lrs: list[float], n_dev: int,
-                  put: Any) -> tuple[Any, Any, dict[str, float]]:
-    """mu optimizer steps (learning rates `lrs`) on the kept rows of a rollout.
-    Returns (adapters, optimizer state, metrics)."""
+                  put: Any) -> tuple[Any, Any, UpdateStats]:
+    """mu optimizer steps (learning rates `lrs`) on the kept rows `keep` (N,) of a rollout.
+    Returns (adapters, optimizer state, the update's statistics)."""
     from aha.jax.algo import loss_weights
 
     a = cfg.algo
-    nan = float("nan")
     cmask = ro.completion_mask * keep[:, None]  # (N, C): dropped rows weigh nothing
     n_seqs, n_tokens = int(keep.sum()), int(cmask.sum())
     if n_seqs == 0:  # every group was dropped (all rewards equal): nothing to learn from
-        return lora, opt_state, {"loss": 0.0, "grad_norm": 0.0, "entropy": nan, "kl": nan, "clip_frac": 0.0,
-                                 "update_skipped": 1.0, "nonfinite": None}
+        return lora, opt_state, UpdateStats.skipped()
     weights = np.asarray(loss_weights(jnp.asarray(cmask), a.loss_agg, n_seqs, n_tokens, cfg.rollout.max_new_tokens))
     batches = micro_batches(ro, advantages, weights, cmask, cfg.micro_batch_tokens, n_dev)
     batches = [{k: put(v) for k, v in mb.items()} for mb in batches]
@@ -264,7 +252,7 @@ def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, r
     if a.beta > 0:  # LoRA: the reference is the base model, i.e. no adapters
         for mb in batches:
             mb["ref"] = fns["logprobs"](None, params, mb)
-    nonfinite = None
+    nonfinite = None  # what was NaN/inf in a skipped (or rolled-back) optimizer step
     for it in range(a.mu):
         grads, totals = None, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy_sum": 0.0}
         for mb in batches:
@@ -278,9 +266,10 @@ def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, r
             nonfinite = ("loss or gradient" if not np.isfinite(float(grad_norm))
                          else "update (the step overflowed the weights; lr far too high?)")
     entropy = totals.pop("entropy_sum") / max(n_tokens, 1)
-    return lora, opt_state, {**totals, "kl": totals["kl"] if a.beta > 0 else nan, "entropy": entropy,
-                             "grad_norm": float(grad_norm), "update_skipped": float(nonfinite is not None),
-                             "nonfinite": nonfinite}
+    return lora, opt_state, UpdateStats(loss=totals["loss"], kl=totals["kl"] if a.beta > 0 else float("nan"),
+                                        clip_frac=totals["clip_frac"], entropy=entropy,
+                                        grad_norm=float(grad_norm), update_skipped=float(nonfinite is not None),
+                                        nonfinite=nonfinite)
 
 
 def micro_batch_rows(n_rows: int, width: int, token_budget: int, n_dev: int) -> int:
@@ -313,22 +302,21 @@ def _padded(prompts: list[Any], n_dev: int) -> list[Any]:
     return prompts + [prompts[-1]] * (-len(prompts) % n_dev)
 
 
-def probe_completion(sample: Any, task: Any, n_dev: int) -> dict[str, Any]:
-    """A greedy completion of one fixed held-out prompt (as aha/train.py's)."""
+def probe(sample: Any, task: Any, n_dev: int) -> dict[str, Any]:
+    """A greedy completion of the first held-out prompt (records.probe_record)."""
     ex = task.examples("test")[0]
-    text = sample(_padded([ex.prompt], n_dev), jax.random.key(0), 0.0).texts[0]
-    total, parts = task.score(text, ex)
-    return {"prompt_id": ex.id, "completion": text, "reward": total, "rewards": parts,
-            "correct": task.is_correct(text, ex), "probe": True}
+    return probe_record(task, ex, sample(_padded([ex.prompt], n_dev), jax.random.key(0), 0.0).texts[0])
 
 
-def evaluate(sample: Any, task: Any, limit: int, n_dev: int) -> dict[str, float]:
-    """Greedy pass@1 and the other `aha.eval.summarize` metrics on the first `limit` test examples."""
+def held_out_eval(sample: Any, task: Any, limit: int, n_dev: int, logger: Any, step: int) -> dict[str, float]:
+    """Greedy pass@1 (strict and lenient) and the other `aha.eval.summarize` metrics on the first
+    `limit` test examples, as `eval/*`; the completions go to eval_completions.jsonl (as torch)."""
     from aha.eval import summarize
 
     examples = list(task.examples("test")[:limit])
     ro = sample(_padded([ex.prompt for ex in examples], n_dev), jax.random.key(0), 0.0)
     n = len(examples)
-    metrics, _ = summarize(task, examples, ro.texts[:n], ro.completion_mask.sum(axis=1)[:n].tolist(),
-                           ro.truncated[:n].tolist())
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    metrics, rows = summarize(task, examples, ro.texts[:n], ro.completion_mask.sum(axis=1)[:n].tolist(),
+                              ro.truncated[:n].tolist())
+    logger.log_eval_completions(step, rows)
+    return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from aha.errors import ConfigError
 from aha.tasks.base import Messages
 
 # name -> "module:function"; each function has the signature of `aha.rollout.hf.generate_ids`.
@@ -45,15 +46,39 @@ class Rollout:
 
 def render_prompt(tokenizer: Any, prompt: str | Messages) -> str:
     """Plain text as is; chat messages through the tokenizer's chat template. A final assistant
-    message is a pre-fill that the model continues, so it is left open."""
+    message is a pre-fill that the model continues, so it is left open.
+
+    Rewards judge `prefill + completion` with the pre-fill taken from the Example (the final
+    message's content, `tasks._common.prefill_of`), so the rendered prompt must end with exactly
+    that text. Some chat templates alter the final message (trim its whitespace: "<think>\\n"
+    becomes "<think>"; or drop it): the model would then be conditioned on text other than the
+    one judged (strict format paying for a newline it never saw). That is a ConfigError naming
+    the tokenizer, checked on every render (a string comparison), so train, eval, play and the
+    probe all stop on it; the trainer renders one prompt before it writes anything."""
     if isinstance(prompt, str):
         return prompt
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this task gives chat messages but the tokenizer has no chat template; "
                          "use the task's base template (task_options.template=base)")
-    prefill = prompt[-1]["role"] == "assistant"
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=not prefill,
-                                         continue_final_message=prefill)
+    prefill = prompt[-1]["content"] if prompt[-1]["role"] == "assistant" else None
+    try:
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=prefill is None,
+                                             continue_final_message=prefill is not None)
+    except ValueError as e:  # transformers: the template deleted (part of) the final message
+        if prefill is None or "continue_final_message" not in str(e):
+            raise
+        raise ConfigError(_prefill_changed(tokenizer, prefill, "drops it")) from e
+    if prefill is not None and not text.endswith(prefill):
+        raise ConfigError(_prefill_changed(tokenizer, prefill, f"renders the prompt's end as {text[-40:]!r}"))
+    return text
+
+
+def _prefill_changed(tokenizer: Any, prefill: str, what: str) -> str:
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return (f"the chat template of tokenizer {name!r} changes the pre-filled assistant message {prefill!r} (it "
+            f"{what}), so the rewards would judge text the model was not conditioned on; use the task's base "
+            "template (task_options.template=base) with this model, or a tokenizer whose chat template keeps "
+            "the final assistant message as written")
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str | Messages],

@@ -82,7 +82,10 @@ def _llm(model: torch.nn.Module, vllm: Any) -> Any:
     llm = vllm.LLM(model=config_dir, load_format="dummy", skip_tokenizer_init=True,
                    dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                    gpu_memory_utilization=float(os.environ.get("AHA_VLLM_GPU_MEMORY", "0.3")),
-                   enable_sleep_mode=True, worker_extension_cls="aha.rollout.vllm.WeightLoader")
+                   enable_sleep_mode=True, worker_extension_cls="aha.rollout.vllm.WeightLoader",
+                   # vLLM's own neutral defaults, never a generation_config.json's (repetition
+                   # penalty, min_p, ...): the update assumes plain temperature / top-k / top-p sampling.
+                   generation_config="vllm")
     llm.sleep(level=2)
     _engine = (id(model), llm)
     return llm

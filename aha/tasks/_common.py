@@ -1,4 +1,4 @@
-"""Helpers shared by the GSM8K and Countdown tasks: pre-fills, answer extraction, local data files.
+"""Helpers shared by the tasks: pre-fills, answer extraction, numbers in answers, local data files.
 
 Everything here runs on model output of any size, so it uses `str.find`/`rfind`/`count` (linear
 time, C speed) instead of regexes with lazy `.*?`, which can take quadratic time on crafted text.
@@ -7,30 +7,64 @@ time, C speed) instead of regexes with lazy `.*?`, which can take quadratic time
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from aha.tasks.base import Example
+from aha.tasks.base import Example, Messages, prompt_prefill
 
 OPEN, CLOSE = "<answer>", "</answer>"
 
+# Longest answer text we look at, and longest number in it: real answers are a few characters;
+# anything longer is not a number and is rejected before any parsing (1 MB of digits costs nothing).
+MAX_ANSWER_CHARS = 1000
+MAX_NUMBER_CHARS = 100
+# sign | "$" (then spaces allowed) | sign | integer part | fraction | one trailing "."; see parse_number.
+_NUMBER = re.compile(
+    r"(?P<sign>[-+\u2212]?)"
+    r"(?:\$[ \t]*(?P<sign2>[-+\u2212]?))?"
+    r"(?P<int>[1-9][0-9]{0,2}(?:,[0-9]{3})+|[0-9]+)?"  # thousands groups of exactly three digits
+    r"(?:\.(?P<frac>[0-9]+))?"
+    r"\.?",
+    re.ASCII,
+)
+
+
+def parse_number(text: str) -> str | None:
+    """`text` as a plain decimal numeral ("-3", "1000", "18.5", "0.5"), or None if it is not one number.
+
+    The rules (README, "Tasks"), chosen so that a text counts as a number only when every reader
+    would read that number:
+    - surrounding whitespace is ignored;
+    - a sign: "-", the Unicode minus sign U+2212 (both mean minus) or "+", touching what follows
+      ("- 3" is not -3); en and em dashes are not minus signs;
+    - one "$" before the digits, before or after the sign ("$18", "-$18", "$-18"), and spaces
+      after it ("$ 18");
+    - a comma only as a thousands separator: between groups of exactly three digits after a
+      first group of 1-3 digits not starting with 0 ("1,234", "12,345,678"). "1,2", "12,34",
+      "1234,567", "0,5" and "1,,234" are not numbers (not 12, 1234, ...);
+    - a decimal point with digits after it ("18.5", ".5" = 0.5), and one trailing "." (the end
+      of a sentence: "18." is 18);
+    - nothing else: no units or words ("18 dollars", "18%"), no exponent, no fractions ("1/2"),
+      no spaces, underscores or apostrophes inside the number, only ASCII digits ("１８" is not 18).
+    """
+    if len(text) > MAX_ANSWER_CHARS:
+        return None
+    text = text.strip()
+    m = _NUMBER.fullmatch(text) if len(text) <= MAX_NUMBER_CHARS else None
+    if m is None or (m["int"] is None and m["frac"] is None) or (m["sign"] and m["sign2"]):
+        return None
+    sign = "-" if (m["sign"] or m["sign2"]) in ("-", "\u2212") else ""
+    whole = (m["int"] or "0").replace(",", "")
+    return sign + whole + (f".{m['frac']}" if m["frac"] is not None else "")
+
 
 def prefill_of(ex: Example) -> str:
-    """The start of the assistant's turn that the prompt already contains and the model continues.
-
-    Chat prompts: the content of a final "assistant" message (rendered with
-    continue_final_message). Text prompts for base models end with an "Assistant:" turn in the
-    R1-Zero style; the pre-fill is whatever follows the last "Assistant:" (e.g. "<think>\\n").
-    Rewards judge `prefill_of(ex) + completion`, so a completion that continues a pre-filled
-    `<think>` is scored as a whole. Deriving it from the prompt keeps rewards pure functions
-    of (completion, example) with one source of truth.
-    """
-    prompt = ex.prompt
-    if isinstance(prompt, list):
-        last = prompt[-1] if prompt else {}
-        return str(last.get("content", "")) if last.get("role") == "assistant" else ""
-    _, sep, tail = prompt.rpartition("Assistant:")
-    return tail.lstrip(" ") if sep else ""
+    """The pre-fill of the example's prompt (`base.prompt_prefill`). Rewards judge
+    `prefill_of(ex) + completion`, so a completion that continues a pre-filled `<think>` is scored
+    as a whole. Deriving it from the prompt keeps rewards pure functions of (completion, example)
+    with one source of truth."""
+    return prompt_prefill(ex.prompt)
 
 
 def last_answer(text: str) -> str | None:
@@ -48,6 +82,27 @@ def last_answer(text: str) -> str | None:
         return None
     start += len(OPEN)
     return text[start : text.find(CLOSE, start)]
+
+
+def check_template(template: str) -> None:
+    if template not in ("base", "chat"):
+        raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+
+
+def templated(question: str, template: str, system: str, preamble: str, prefill: str) -> str | Messages:
+    """A question as the model sees it: chat messages (system, user, a pre-filled assistant turn)
+    for instruct models, or the R1-Zero text (preamble, "User: ...", "Assistant: " + pre-fill)
+    for base models. `system` and `preamble` are the two templates' instructions."""
+    if template == "chat":
+        return [{"role": "system", "content": system}, {"role": "user", "content": question},
+                {"role": "assistant", "content": prefill}]
+    return f"{preamble}\nUser: {question}\nAssistant: {prefill}"
+
+
+def check_split(split: str) -> None:
+    """The tasks here have a train and a test split; anything else is a ValueError naming them."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
 def resolve_path(data: str | Path | dict[str, Any], split: str) -> Path:

@@ -82,11 +82,23 @@ def _partners(a: Value, t: Value, other: dict[Value, Node]) -> tuple[str, bool, 
 def solve(nums: list[int], target: int) -> str | None:
     """One expression using each number exactly once with + - * / and parentheses that equals
     `target` exactly, or None if there is none. Exhaustive over all expression trees (rational
-    intermediates allowed, no unary minus), memoized on sub-multisets: under 1 ms for 4 numbers,
-    ~15 ms for 5; cost grows fast, so more than 6 numbers is refused."""
+    intermediates allowed), memoized on sub-multisets: under 1 ms for 4 numbers, ~15 ms for 5;
+    cost grows fast, so more than 6 numbers is refused.
+
+    The answer checker also allows unary minus. For non-negative numbers that reaches exactly the
+    values v and -v for v reachable without it (a negative sub-expression A - B turns into B - A,
+    and so on up the tree), so unary minus matters only for a negative target, where the solver
+    tries `-(expression for -target)`: "no solution" here means no answer can score."""
     if not 1 <= len(nums) <= 6:
         raise ValueError(f"solve takes 1 to 6 numbers, got {len(nums)}")
-    key = tuple(sorted(nums))
+    found = _solve(tuple(sorted(nums)), target)
+    if found is None and target < 0 and min(nums) >= 0:
+        negated = _solve(tuple(sorted(nums)), -target)
+        return None if negated is None else f"-({negated})"
+    return found
+
+
+def _solve(key: tuple[int, ...], target: int) -> str | None:
     if len(key) == 1:
         return _format(key[0]) if key[0] == target else None
     memo: dict = {}

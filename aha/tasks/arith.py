@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+from aha.tasks._common import check_split, check_template, templated
 from aha.tasks.base import Example, Messages, Task
 from aha.tasks.gsm8k import REWARDS, correctness_reward, lenient_correct, soft_format_reward
 
@@ -79,9 +80,10 @@ EXAMPLE_SYSTEM = ("Solve the problem. Think step by step inside <think> </think>
                   "<think>\n{x} {op} {y} = {r}\n</think>\n<answer>\n{r}\n</answer>")
 
 
-def all_sums(max_operand: int) -> list[tuple[str, int, int]]:
-    """Every distinct problem (op, a, b) with 0 <= a, b <= max_operand; subtractions have a >= b."""
-    return [(op, a, b) for op in SUM_OPS for a in range(max_operand + 1) for b in range(max_operand + 1)
+def all_sums(max_operand: int, ops: str = "+-") -> list[tuple[str, int, int]]:
+    """Every distinct problem (op, a, b) with 0 <= a, b <= max_operand and op in `ops`;
+    subtractions have a >= b."""
+    return [(op, a, b) for op in ops for a in range(max_operand + 1) for b in range(max_operand + 1)
             if op == "+" or a >= b]
 
 
@@ -101,8 +103,9 @@ class Arith(Task):
 
     Options: `problems` "word" | "sums"; `template` "chat" | "base"; `prompt_style`
     "placeholder" (the format with placeholder words) | "example" (one worked example, sums
-    only); `max_operand` (sums); `n_train`/`n_test` (sums: at most the number of distinct
-    problems); `seed` (which problems are train and which test, and the draws); `weights`.
+    only); `max_operand` and `ops` ("+-", "+" or "-"; sums); `n_train`/`n_test` (sums: the test
+    set is `n_test` distinct problems, training cycles through the rest); `seed` (which problems
+    are train and which test, and the draws); `weights`.
     Raises ValueError on an unknown value.
     """
 
@@ -111,13 +114,14 @@ class Arith(Task):
 
     def __init__(self, n_train: int = 5000, n_test: int = 200, seed: int = 0, template: str = "chat",
                  system_prompt: str | None = None, problems: str = "word", prompt_style: str = "placeholder",
-                 max_operand: int = 20, weights: dict[str, float] | None = None) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+                 max_operand: int = 20, ops: str = "+-", weights: dict[str, float] | None = None) -> None:
+        check_template(template)
         if problems not in ("word", "sums"):
             raise ValueError(f"problems must be 'word' or 'sums', got {problems!r}")
         if prompt_style not in ("placeholder", "example"):
             raise ValueError(f"prompt_style must be 'placeholder' or 'example', got {prompt_style!r}")
+        if not ops or set(ops) - set(SUM_OPS) or len(set(ops)) != len(ops):
+            raise ValueError(f"ops must be a string of distinct operations from '+-', got {ops!r}")
         if prompt_style == "example" and problems != "sums":
             raise ValueError("prompt_style='example' needs problems='sums' (its worked example is a sum)")
         unknown = sorted(set(weights or {}) - set(REWARDS))
@@ -125,22 +129,26 @@ class Arith(Task):
             raise ValueError(f"unknown reward(s) in weights: {unknown}; known: {sorted(REWARDS)}")
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self.template, self.problems, self.prompt_style = template, problems, prompt_style
-        self.max_operand = max_operand
+        self.max_operand, self.ops = max_operand, ops
         self.system_prompt = system_prompt
         if weights:
             self.rewards = {k: (fn, float(weights.get(k, w))) for k, (fn, w) in REWARDS.items()}
         self._cache: dict[str, list[Example]] = {}
 
     def prompt(self, question: str, system: str | None = None) -> str | Messages:
-        if self.template == "chat":
-            return [{"role": "system", "content": system or self.system_prompt or SYSTEM},
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": PREFILL}]
-        return f"{system or self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {PREFILL}"
+        """A question in the task's template; `system` replaces the instructions (the worked example)."""
+        return templated(question, self.template, system or self.system_prompt or SYSTEM,
+                         system or self.system_prompt or BASE_PREAMBLE, PREFILL)
+
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed question, in the task's template (with a worked example when training had one)."""
+        if self.prompt_style == "example":
+            op = "-" if "-" in text else "+"
+            return self.prompt(text, _example_system(random.Random(text), op, -1, self.max_operand))
+        return self.prompt(text)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if split not in self._cache:
             make = self._sums if self.problems == "sums" else self._words
             self._cache[split] = [Example(id=f"arith/{split}/{i}", prompt=p, target=a)
@@ -162,10 +170,10 @@ class Arith(Task):
         return rows
 
     def _sums(self, split: str) -> list[tuple[str | Messages, str]]:
-        problems = all_sums(self.max_operand)
+        problems = all_sums(self.max_operand, self.ops)
         if self.n_test >= len(problems):
             raise ValueError(f"n_test={self.n_test} leaves no training problems: max_operand={self.max_operand} "
-                             f"has {len(problems)} distinct problems")
+                             f"and ops={self.ops!r} give {len(problems)} distinct problems")
         random.Random(f"arith-sums-split-{self.seed}").shuffle(problems)
         # The first n_test problems are the test set; the rest are cycled through for n_train draws.
         chosen = problems[:self.n_test] if split == "test" else \

@@ -3,18 +3,36 @@
 Puzzles are generated from a seed, solvable by construction; `solve` is an exhaustive solver
 that checks them (both live in `_countdown_puzzles` and are re-exported here). The TinyZero
 data set (`Jiayi-Pan/Countdown-Tasks-3to4`, fields `nums`/`target`) can be loaded instead with
-`data="hub"` or a local JSONL/Parquet file; loaded puzzles are used as given, unchecked.
+`data="hub"` or a local JSONL/Parquet file; loaded puzzles are used as given (not solved first).
 
 Scoring follows TinyZero's `countdown.compute_score`: 0 with no `<answer>` block, 0.1 for an
 answer that is not a correct use of the numbers or misses the target, 1.0 for a correct one.
+The rules (the README's task section states them too):
+- the answer is the content of the last complete `<answer>...</answer>` block of
+  `prefill + completion`;
+- it may hold only ASCII digits, whitespace, `+ - * / ( )` (at most 200 characters), and must
+  parse as an expression of integer literals, the four operators, unary minus/plus and
+  parentheses; anything else (`**`, `//`, `%`, `=`, decimals such as `1.4` or `7.0`, names)
+  is "not a correct use" and scores 0.1;
+- the integer literals the expression evaluates must be, as a multiset, exactly the puzzle's
+  numbers: each given number once, no other number (so `14` is not 1 and 4);
+- its exact value (Fractions) must equal the target.
+`is_correct` is `answer_reward == 1.0`, and the shaping rewards read the same literals, so the
+value and the numbers used always come from one reading of the answer.
 Deliberate departures from TinyZero, each tested in tests/test_countdown.py:
-- no `eval`: answers go through `_safe_eval.safe_eval` (at most 200 characters, an AST
-  whitelist, exact Fractions). TinyZero's character regex lets `**` and `//` through, so
-  `9**9**9**9` hangs its reward; here `**`, `//` and over-long answers score 0.1;
+- no `eval`: answers go through `_safe_eval.evaluate` (length bound, an AST whitelist, exact
+  Fractions). TinyZero's character regex lets `**` and `//` through, so `9**9**9**9` hangs its
+  reward; here `**`, `//` and over-long answers score 0.1;
+- one view of the numbers: TinyZero checks the numbers with a digit regex on the text but takes
+  the value from `eval`, so `1.4 * 5` "uses" 1, 4 and 5 and equals 7 (a puzzle [1, 4, 5] -> 7
+  that has no solution scores 1.0 there); here decimal literals are not allowed;
+- exact equality with the target (TinyZero: within 1e-5 of it, in floats);
 - the answer block may span lines (`<answer>\\n1 + 2\\n</answer>`); TinyZero's regex has no
   DOTALL and scores it 0 as "no answer". An unclosed final `<answer>` is ignored, as there;
 - rewards see `prefill + completion` (TinyZero scores the text after "Assistant:", which
   holds the same pre-fill), so a pre-filled `<think>` counts.
+Loaded puzzles must have non-negative integer numbers (an answer cannot write a negative
+literal: `-3` is unary minus on 3).
 `shaping=True` adds two small rewards TinyZero does not have (off by default): "format" for
 `<think>...</think>` then `<answer>...</answer>`, and "equation" for an answer that parses and
 uses only the given numbers. They are what gives a 135M model signal before it solves anything.
@@ -30,9 +48,10 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-from aha.tasks._common import CLOSE, OPEN, last_answer, prefill_of, read_rows, resolve_path
+from aha.tasks._common import (CLOSE, OPEN, check_split, check_template, last_answer, prefill_of, read_rows,
+                               resolve_path, templated)
 from aha.tasks._countdown_puzzles import PuzzleOptions, draw_puzzle, generate_puzzles, puzzle_key, solve
-from aha.tasks._safe_eval import safe_eval
+from aha.tasks._safe_eval import evaluate
 from aha.errors import DataError
 from aha.tasks.base import Example, Messages, Task
 
@@ -72,18 +91,25 @@ def question(nums: list[int], target: int) -> str:
 
 # ---- rewards: (completion, example) -> raw value in [0, 1] ----
 
-_INTEGERS = re.compile(r"[0-9]+")
+# What `aha play` users type: numbers separated by spaces or commas, an arrow (or = or :), the target.
+_TYPED_PUZZLE = re.compile(r"^\s*((?:-?\d+[\s,]+)*-?\d+)\s*(?:->|=>|=|:)\s*(-?\d+)\s*$")
 
 
 def _answer_check(completion: str, ex: Example) -> tuple[str | None, Fraction | None, list[int]]:
-    """(answer text or None, its exact value or None, the integers written in it)."""
+    """(answer text or None, its exact value or None, the integer literals it evaluates).
+
+    One reading of the answer gives both the value and the numbers used (`_safe_eval.evaluate`),
+    so no text can count one way for the number check and another way for the value."""
     answer = last_answer(prefill_of(ex) + completion)
     if answer is None:
         return None, None, []
-    value = safe_eval(answer)  # bounds length and characters before anything else
-    # TinyZero's number check: the integers that appear, as a multiset ("1.5" counts 1 and 5).
-    used = [int(x) for x in _INTEGERS.findall(answer)] if value is not None else []
-    return answer, value, used
+    parsed = evaluate(answer)  # bounds length and characters before anything else
+    return (answer, None, []) if parsed is None else (answer, *parsed)
+
+
+def uses_numbers(used: list[int], nums: list[int]) -> bool:
+    """Each given number exactly once, and nothing else: the literals equal `nums` as a multiset."""
+    return Counter(used) == Counter(nums)
 
 
 def answer_reward(completion: str, ex: Example) -> float:
@@ -91,9 +117,9 @@ def answer_reward(completion: str, ex: Example) -> float:
     answer, value, used = _answer_check(completion, ex)
     if answer is None:
         return 0.0
-    if value is None or sorted(used) != sorted(ex.target["nums"]):
+    if value is None or not uses_numbers(used, ex.target["nums"]):
         return 0.1
-    return 1.0 if abs(value - ex.target["target"]) < Fraction(1, 10**5) else 0.1
+    return 1.0 if value == ex.target["target"] else 0.1  # exact: Fractions, no float tolerance
 
 
 def format_reward(completion: str, ex: Example) -> float:
@@ -156,8 +182,7 @@ class Countdown(Task):
         shaping: bool = False,
         data: str | Path | dict[str, str | Path] | None = None,
     ) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        check_template(template)
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self.options = PuzzleOptions(min_nums, max_nums, min_num, max_num, min_target, max_target)
         self.template, self.shaping, self.data = template, shaping, data
@@ -167,25 +192,22 @@ class Countdown(Task):
         self._loaded: dict[str, list[dict]] = {}
 
     def prompt(self, nums: list[int], target: int) -> str | Messages:
-        if self.template == "chat":
-            return [
-                {"role": "system", "content": CHAT_SYSTEM},
-                {"role": "user", "content": question(nums, target)},
-                {"role": "assistant", "content": PREFILL},
-            ]
-        return f"{BASE_PREAMBLE}\nUser: {question(nums, target)}\nAssistant: {PREFILL}"
+        return templated(question(nums, target), self.template, CHAT_SYSTEM, BASE_PREAMBLE, PREFILL)
 
-    def prefill(self, ex: Example) -> str:
-        """Text the prompt pre-fills in the assistant turn; rewards see prefill + completion."""
-        return prefill_of(ex)
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed puzzle, "3 7 25 50 -> 75" (also "3, 7, 25 = 75" or "... : 75"), in the task's
+        template; other text as is."""
+        m = _TYPED_PUZZLE.match(text)
+        if not m:
+            return text
+        return self.prompt([int(x) for x in re.split(r"[\s,]+", m.group(1).strip())], int(m.group(2)))
 
     def _example(self, split: str, i: int, puzzle: dict) -> Example:
         target = {"nums": list(puzzle["nums"]), "target": puzzle["target"]}
         return Example(id=f"countdown/{split}/{i}", prompt=self.prompt(target["nums"], target["target"]), target=target)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if self.data is not None:
             return _LazyExamples(len(self._load(split)), partial(self._data_example, split))
         if self._test is None:
@@ -233,8 +255,10 @@ def _check_puzzles(rows: list[dict]) -> list[dict]:
     out = []
     for i, row in enumerate(rows):
         nums, target = row["nums"], row["target"]
-        if not (isinstance(nums, list) and nums and all(type(x) is int for x in nums) and type(target) is int):
-            raise ValueError(f"row {i}: need 'nums' a list of ints and 'target' an int, got {nums!r}, {target!r}")
+        if not (isinstance(nums, list) and nums and all(type(x) is int and x >= 0 for x in nums)
+                and type(target) is int):
+            raise ValueError(f"row {i}: need 'nums' a list of non-negative ints and 'target' an int, "
+                             f"got {nums!r}, {target!r}")
         out.append({"nums": nums, "target": target})
     return out
 

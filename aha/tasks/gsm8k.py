@@ -2,13 +2,15 @@
 
 Data: the hub data set `openai/gsm8k` (config "main"), or a local JSONL/Parquet file with
 `question`/`answer` columns (`data=PATH` or `data={"train": PATH, "test": PATH}`). The gold is
-the number after `####`, commas removed, kept as a string ("18", "-3", "1000").
+the number after `####`, read by the same rules as answers, kept as a string ("18", "-3", "1000").
 
 Rewards follow the first seed (willccbb's GRPO GSM8K gist), with these departures:
 - tags are `<think>`/`<answer>` (R1-Zero) rather than `<reasoning>`/`<answer>`;
-- answers compare as numbers, exactly (Decimal): "1,000", "$18", "18.", "18.0" equal 18;
-  anything else ("18 dollars", "eighteen", "１８") is wrong. The gist compared strings;
-- `int` accepts a leading "-" (the gist used str.isdigit);
+- answers compare as numbers, exactly (Decimal): "1,000", "$18", "$ 18", "+18", "18.", "18.0"
+  equal 18 and "−3" (U+2212) equals -3; a comma counts only between groups of three digits
+  ("1,8" and "12,34" are not numbers), and anything else ("18 dollars", "eighteen", "１８") is
+  wrong. The rules are in `_common.parse_number`. The gist compared strings;
+- `int` accepts a sign (the gist used str.isdigit);
 - soft and strict format match across newlines. The gist's soft regex used re.match without
   DOTALL, so a multi-line think block never matched - a bug we fix; its strict regex had the
   same problem. Both are checked with str.find/count here, not lazy regexes, to stay linear;
@@ -28,7 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
-from aha.tasks._common import CLOSE, OPEN, last_answer, prefill_of, read_rows, resolve_path
+from aha.tasks._common import (CLOSE, OPEN, check_split, check_template, last_answer, parse_number, prefill_of,
+                               read_rows, resolve_path, templated)
 from aha.errors import DataError
 from aha.tasks.base import Example, Messages, Task
 
@@ -57,31 +60,12 @@ CHAT_SYSTEM = (
 )
 CHAT_PREFILL = "<think>\n"
 
-# Longest answer text we look at: real answers are a few characters; anything longer is wrong
-# and is rejected before any conversion (1 MB of digits must cost nothing).
-MAX_ANSWER_CHARS = 1000
-MAX_NUMBER_CHARS = 100
-_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")  # ASCII digits only: "１８" is not a number here
 _THINK_CLOSE_THEN_OPEN_ANSWER = re.compile(r"</think>\s*<answer>")
 
 
-def normalize_number(text: str) -> str | None:
-    """`text` as a plain decimal numeral ("-3", "1000", "18.5"), or None if it is not a number.
-
-    Ignored: surrounding whitespace, one leading "$", commas, one trailing ".". Strict
-    otherwise: no units, no words, no unicode digits, no exponent.
-    """
-    if len(text) > MAX_ANSWER_CHARS:
-        return None
-    s = text.strip()
-    if s.startswith("$"):
-        s = s[1:]
-    s = s.replace(",", "")
-    if s.endswith("."):
-        s = s[:-1]
-    if len(s) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(s):
-        return None
-    return s
+# `text` as a plain decimal numeral, or None; the rules ("$", signs, thousands commas, a trailing
+# ".") are in its docstring and the README.
+normalize_number = parse_number
 
 
 def parse_gold(answer: str) -> str:
@@ -109,7 +93,7 @@ def correctness_reward(completion: str, ex: Example) -> float:
 
 
 def int_reward(completion: str, ex: Example) -> float:
-    """1 if the last `<answer>` block holds an integer (optional leading "-"; "18.0" is not)."""
+    """1 if the last `<answer>` block holds an integer (signed or not, by `parse_number`; "18.0" is not)."""
     answer = last_answer(_text(completion, ex))
     got = normalize_number(answer) if answer is not None else None
     return 1.0 if got is not None and "." not in got else 0.0
@@ -208,8 +192,7 @@ class GSM8K(Task):
         template: str = "base",
         system_prompt: str | None = None,
     ) -> None:
-        if template not in ("base", "chat"):
-            raise ValueError(f"template must be 'base' or 'chat', got {template!r}")
+        check_template(template)
         self.data = data
         self.template = template
         # Replaces the base template's preamble or the chat system message.
@@ -217,21 +200,15 @@ class GSM8K(Task):
         self._cache: dict[str, list[Example]] = {}
 
     def prompt(self, question: str) -> str | Messages:
-        if self.template == "chat":
-            return [
-                {"role": "system", "content": self.system_prompt or CHAT_SYSTEM},
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": CHAT_PREFILL},
-            ]
-        return f"{self.system_prompt or BASE_PREAMBLE}\nUser: {question}\nAssistant: {BASE_PREFILL}"
+        return templated(question, self.template, self.system_prompt or CHAT_SYSTEM,
+                         self.system_prompt or BASE_PREAMBLE, CHAT_PREFILL if self.template == "chat" else BASE_PREFILL)
 
-    def prefill(self, ex: Example) -> str:
-        """Text the prompt pre-fills in the assistant turn; rewards see prefill + completion."""
-        return prefill_of(ex)
+    def user_prompt(self, text: str) -> str | Messages:
+        """A typed question, in the task's template."""
+        return self.prompt(text)
 
     def examples(self, split: str) -> Sequence[Example]:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        check_split(split)
         if split not in self._cache:
             rows = (
                 _load_hub(split)

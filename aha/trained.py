@@ -1,8 +1,9 @@
 """Load what was trained, for use: a checkpoint, a LoRA adapter, or a plain model.
 
 `load_trained` is what `aha eval` and `aha play` call. It reuses `aha.model` (load_base,
-resolve_device, resolve_dtype) and only adds the part that training does not need: reading a
-checkpoint's `config.yaml` to find its base model, and putting saved weights back on it.
+resolve_device, resolve_dtype, ensure_pad_token) and only adds the part that training does not
+need: reading a checkpoint's `config.yaml` to find its base model, and putting saved weights back
+on it. Checkpoints of either backend load (a JAX run saves its adapters in peft's format).
 
 - checkpoint dir (`runs/x/checkpoints/step-N`, or a run dir: its latest checkpoint): the base
   model, finetune mode and seed come from its `config.yaml` (the seed matters for `random:<arch>`
@@ -27,11 +28,10 @@ from typing import Any
 
 import torch
 
-from aha.checkpoint import ADAPTER_FILE, META_FILE, MODEL_FILE, list_checkpoints
+from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, list_checkpoints
 from aha.errors import CheckpointError, ModelError
-from aha.model import Policy, load_base, resolve_device, resolve_dtype
+from aha.model import Policy, ensure_pad_token, load_base, resolve_device, resolve_dtype
 
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def read_run_config(path: Path) -> dict[str, Any]:
@@ -86,9 +86,25 @@ def _has_weights(path: Path) -> bool:
 
 def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | None = None,
                  model: str | None = None, device: str = "auto", dtype: str = "auto") -> Policy:
-    """A ready-to-generate policy (eval mode) from a checkpoint, an adapter, or a model name.
+    """A ready-to-generate policy from a checkpoint, an adapter, or a model name.
 
-    `model` alone names a base model; with `checkpoint` or `adapter` it replaces the recorded base.
+    Args:
+        checkpoint: a checkpoint directory (`runs/NAME/checkpoints/step-N`), or a run directory
+            standing for its latest complete checkpoint; its config.yaml names the base model.
+        adapter: a LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+        model: alone, the model to load (anything `aha.model.load_base` takes); with `checkpoint`
+            or `adapter`, it replaces the recorded base model.
+        device: "auto" (CUDA if visible, else CPU), "cpu", "cuda" or "cuda:N".
+        dtype: "auto", "float32", "bfloat16" or "float16".
+
+    Returns:
+        `aha.model.Policy`: the model in eval mode with gradients off, on `device`; its tokenizer
+        (with a pad token); the resolved device and dtype; `finetune` ("lora", "qlora" or "full").
+
+    Raises:
+        ModelError: nothing to load, both a checkpoint and an adapter, or an adapter naming no base.
+        CheckpointError: a missing, incomplete or damaged checkpoint, or an adapter that does not
+            fit the base model (the message names the base it was trained on).
     """
     if checkpoint is not None and adapter is not None:
         raise ModelError("give either a checkpoint or an adapter, not both")
@@ -121,8 +137,7 @@ def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | Non
         net, tok = load_base(model, dt)
     else:
         raise ModelError("nothing to load: pass --checkpoint DIR, --adapter DIR or --model NAME")
-    if tok.pad_token_id is None:  # batched generation needs a pad id; EOS is the usual stand-in
-        tok.pad_token = tok.eos_token
+    ensure_pad_token(tok)
     if not getattr(net, "is_loaded_in_4bit", False):
         net.to(dev)
     net.eval().requires_grad_(False)
