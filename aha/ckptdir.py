@@ -170,7 +170,7 @@ RESUME_REFUSED = ("backend", "model", "finetune", "lora.r", "lora.alpha", "lora.
 RESUME_IGNORED = ("output_dir", "device", "tensorboard", "log_completions_every", "probe_every", "eval_every",
                   "eval_limit", "save_every", "keep_last", "micro_batch_tokens", "logprob_chunk", "rollout.batch_size",
                   "rollout.engine", "gradient_checkpointing", "deterministic", "warn_no_signal_steps",
-                  "max_nonfinite_steps")
+                  "report_to", "report_table_every", "max_nonfinite_steps")
 _OPAQUE = ("task_options",)  # compared as one value: its keys are the task's, absent means default
 
 

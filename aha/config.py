@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from aha.errors import ConfigError
+from aha.trackers import check_trackers
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -117,7 +118,11 @@ class Config:
     eval_limit: int = 50  # held-out examples per periodic eval
     save_every: int = 50  # 0 = only at the end
     keep_last: int = 3  # checkpoints kept on disk
-    tensorboard: bool = True
+    tensorboard: bool = True  # legacy switch: false removes tensorboard from report_to
+    # Trackers that get every metric (the names of metrics.jsonl), the config, and completions tables:
+    # tensorboard | wandb | trackio, each an optional extra (aha/trackers.py); [] or [none]: only the JSONL files.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    report_table_every: int = 10  # send a table of the step's completions to the trackers every N steps (0 = never)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,6 +179,9 @@ def drop_other_task_options(cfg: Config, overrides: list[str]) -> None:
     command line (task_options.KEY=VALUE) are applied afterwards and kept."""
     tasks = [yaml.safe_load(v) for k, sep, v in (o.partition("=") for o in overrides) if sep and k.strip() == "task"]
     if not tasks or str(tasks[-1]) == cfg.task or not cfg.task_options:
+        return
+    if any(k.strip() == "task_options" for k, sep, _ in (o.partition("=") for o in overrides) if sep):
+        cfg.task_options = {}  # replaced whole on the command line anyway: no note
         return
     print(f"aha: note: task={tasks[-1]} replaces the preset's task {cfg.task}; its task_options "
           f"({', '.join(cfg.task_options)}) are dropped - set {tasks[-1]}'s own as task_options.KEY=VALUE",
@@ -315,6 +323,9 @@ def validate(cfg: Config) -> None:
                           "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
     if cfg.backend == "jax":
         validate_jax(cfg)
+    if cfg.report_table_every < 0:
+        raise ConfigError(f"config key 'report_table_every' must be >= 0, got {cfg.report_table_every}")
+    check_trackers(cfg.report_to, cfg.tensorboard)  # a missing tracker package stops here, before any model loads
 
 
 def greedy_setting(rollout: RolloutConfig) -> str | None:

@@ -1,6 +1,6 @@
-"""Run logs: `metrics.jsonl` (one line per step), `completions.jsonl`, TensorBoard events, the
-progress bar, and the "aha" metric - how often completions reflect on their own work. Both
-backends' loops open and write their run through `open_run` and `log_step`.
+"""Run logs: `metrics.jsonl` (one line per step), `completions.jsonl`, the trackers (TensorBoard,
+W&B, Trackio: aha/trackers.py), the progress bar, and the "aha" metric - how often completions
+reflect on their own work. Both backends' loops open and write their run through `open_run` and `log_step`.
 
 The reflection phrases live in one list, here; eval and report import it from here.
 """
@@ -53,9 +53,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 class RunLogger:
     """Appends metrics and completions; on resume, drops lines past the resumed step so that a
-    run that crashed after its last checkpoint does not log those steps twice."""
+    run that crashed after its last checkpoint does not log those steps twice.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+    Every metrics row also goes to each tracker (aha/trackers.py: TensorBoard, W&B, Trackio) and,
+    every `table_every` steps, the step's logged completions as one table (sent when the next
+    step's metrics arrive, or at `close`, so the greedy probe row joins its step's table).
+    """
+
+    def __init__(self, run_dir: Path, trackers: Sequence[Any] = (), resume_step: int | None = None,
+                 table_every: int = 0):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -67,37 +73,44 @@ class RunLogger:
                 fsio.atomic_write_text(path, "")
             elif path.exists():
                 fsio.rewrite_jsonl(path, lambda r: r.get("step", 0) <= resume_step)
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step discards events past the resumed step, like the JSONL trimming above.
-            self.tb = SummaryWriter(str(self.run_dir / "tb"),
-                                    purge_step=None if resume_step is None else resume_step + 1)
+        self.trackers = list(trackers)
+        self.table_every = table_every
+        self._table: tuple[int, list[dict[str, Any]]] | None = None  # (step, rows) not sent yet
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if self._table is not None and self._table[0] < step:
+            self._send_table()
         row = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
 
     def log_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
         with self.completions_path.open("a") as f:
             for r in rows:
                 f.write(json.dumps({"step": step, **r}) + "\n")
+        if self.trackers and self.table_every and step % self.table_every == 0:
+            if self._table is not None and self._table[0] != step:
+                self._send_table()
+            self._table = (step, (self._table[1] if self._table else []) + list(rows))
 
     def log_eval_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
         with self.eval_path.open("a") as f:
             for r in rows:
                 f.write(json.dumps({"step": step, **r}) + "\n")
 
+    def _send_table(self) -> None:
+        step, rows = self._table
+        self._table = None
+        for tracker in self.trackers:
+            tracker.log_table(step, rows)
+
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self._table is not None:
+            self._send_table()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _finite(v: Any) -> Any:
@@ -132,12 +145,17 @@ def open_run(run_dir: Path, cfg: Config, config_yaml: str, step: int, resumed: b
              overwrite: bool = False) -> tuple[RunLogger, Progress]:
     """Create the run directory (with `overwrite`, the old run is moved aside and removed now that
     every check has passed: aha/rundir.py), write its config.yaml, open its logs (trimmed to `step`
-    when `resumed`) and the progress bar starting at `step`."""
+    when `resumed`) with the trackers of `cfg.report_to` (aha/trackers.py), and the progress bar
+    starting at `step`."""
     from aha import rundir
+    from aha.trackers import open_trackers
 
     rundir.prepare(run_dir, overwrite, resuming=resumed)
     fsio.atomic_write_text(run_dir / "config.yaml", config_yaml)
-    return RunLogger(run_dir, cfg.tensorboard, resume_step=step if resumed else None), Progress(cfg.max_steps, step)
+
+    resume_step = step if resumed else None
+    trackers = open_trackers(cfg.report_to, run_dir, cfg.to_dict(), cfg.tensorboard, resume_step)
+    return RunLogger(run_dir, trackers, resume_step, cfg.report_table_every), Progress(cfg.max_steps, step)
 
 
 def log_step(logger: RunLogger, progress: Progress, cfg: Config, step: int, metrics: dict[str, float],

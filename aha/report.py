@@ -183,8 +183,9 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
         _plot(ax, series(rows, key), window, f"{key} (train)", color)
         ev = series(rows, f"eval/{key}")
         if ev[0]:
-            ax.plot(ev[0], ev[1], "o-" if key == "accuracy" else "s", color=color, markersize=5,
-                    label=f"{key} (held-out, strict)" if key == "accuracy" else f"{key} (held-out)")
+            held_out = key == "accuracy"  # the result: its own colour, joined points (step 0 -> the end)
+            ax.plot(ev[0], ev[1], "o-" if held_out else "s", color="C3" if held_out else color, markersize=5,
+                    linewidth=2.0, label=f"{key} (held-out, strict)" if held_out else f"{key} (held-out)")
         ax.axhline(thresholds[key], color=color, linestyle=":", linewidth=0.9)
         if aha.get(key) is not None:
             ax.axvline(aha[key], color=color, linestyle="--", linewidth=1.0)

@@ -31,7 +31,7 @@ from aha.errors import AhaError
 LOCK_NAME = ".lock"
 # What a run writes into its directory; --overwrite replaces exactly these. Logs and checkpoints
 # come last: while they remain, the directory still reads as a run (checkpoint_to_resume).
-RUN_ENTRIES = ("config.yaml", "tb", "report", "eval_completions.jsonl", "completions.jsonl", "checkpoints",
+RUN_ENTRIES = ("config.yaml", "tb", "wandb", "report", "eval_completions.jsonl", "completions.jsonl", "checkpoints",
                "metrics.jsonl")
 
 

@@ -61,3 +61,15 @@ def toy_task(monkeypatch):
 
     monkeypatch.setitem(TASKS, "toy", "conftest:ToyTask")
     return ToyTask()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run only when the -m expression names them (`pytest -m cuda`: bench/gpu_check.py on a
+    GPU, and its CPU rehearsal); otherwise they are deselected - counted as such, never skipped - since CI and
+    the CPU machines have no GPU. A hook rather than addopts' `-m "not cuda"`, which any other -m would replace."""
+    if "cuda" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("cuda")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]

@@ -148,10 +148,10 @@ def test_an_interrupted_resume_trim_loses_nothing(tmp_path, monkeypatch):
             raise fault
         monkeypatch.setattr(fsio.os, "replace", boom)  # between writing the new file and swapping it in
         with pytest.raises(type(fault)):
-            RunLogger(run, tensorboard=False, resume_step=100)
+            RunLogger(run, resume_step=100)
         assert tree(run) == before  # the old logs whole, no temporary file left
     monkeypatch.setattr(fsio.os, "replace", real)
-    RunLogger(run, tensorboard=False, resume_step=100)
+    RunLogger(run, resume_step=100)
     rows = read_jsonl(run / "completions.jsonl")
     assert len(rows) == 100 * 40 and rows[-1]["step"] == 100
 
@@ -163,7 +163,7 @@ def test_killing_a_resume_mid_trim_leaves_old_or_new_logs_whole(tmp_path):
     big_run(run, steps=1200)
     old = (run / "completions.jsonl").read_bytes()
     trimmed = b"".join(line for line in old.splitlines(keepends=True) if json.loads(line)["step"] <= 600)
-    code = f"from aha.log import RunLogger; RunLogger({str(run)!r}, tensorboard=False, resume_step=600)"
+    code = f"from aha.log import RunLogger; RunLogger({str(run)!r}, resume_step=600)"
     for delay in (0.15, 0.3, 0.45, 0.6, 0.8):
         p = subprocess.Popen([sys.executable, "-c", code])
         time.sleep(delay)

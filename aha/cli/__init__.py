@@ -1,4 +1,4 @@
-"""The `aha` command: train | eval | play | report | countdown.
+"""The `aha` command: train | eval | play | report | export | countdown.
 
 The arguments of every subcommand are in parser.py, what each does in commands.py. Expected
 failures (bad config, missing model or data, corrupt checkpoint) print one clear line and exit 2;
@@ -21,7 +21,7 @@ from aha.errors import AhaError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": commands.train, "eval": commands.eval, "play": commands.play, "report": commands.report,
-    "countdown": commands.countdown,
+    "export": commands.export, "countdown": commands.countdown,
 }
 
 

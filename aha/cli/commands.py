@@ -96,6 +96,14 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from aha.export import export as write_export
+
+    write_export(args.source, args.out, adapter_only=args.adapter_only, dtype=args.dtype, model=args.model,
+                 overwrite=args.overwrite)
+    return 0
+
+
 # ---------------------------------------------------------------------------- eval and play
 
 def play(args: argparse.Namespace) -> int:
@@ -178,7 +186,7 @@ def format_table(record: dict[str, Any], label: str) -> str:
                 else f"{record['samples']} sample(s) at temperature {record['temperature']:g}")
     head = (f"aha eval: {label} on {record['task']}/{record['split']}, {record['n']} examples, {sampling}, "
             f"max_new_tokens {record['max_new_tokens']}, {record['eval_time']:.1f} s")
-    keys = ["accuracy"] + [k for k in record if k.startswith(("pass@", "maj@"))]
+    keys = ["accuracy", "accuracy_lenient"] + [k for k in record if k.startswith(("pass@", "maj@"))]
     keys += ["format_rate", "completion_len", "reflection_rate", "truncated_rate"]
     width = max(len(k) for k in keys)
     lines = [head, f"  {'metric'.ljust(width)}  value", f"  {'-' * width}  -------"]

@@ -1,4 +1,4 @@
-"""Every subcommand's arguments, in one place: `aha train | eval | play | report | countdown`.
+"""Every subcommand's arguments, in one place: `aha train | eval | play | report | export | countdown`.
 
 Top-level imports stay light: `aha --help` must not import torch.
 """
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_play(sub)
     add_report(sub)
+    add_export(sub)
     add_countdown(sub)
     return parser
 
@@ -112,6 +113,20 @@ def add_report(sub: argparse._SubParsersAction) -> None:
         flag = key.removesuffix("_rate").replace("_", "-")
         p.add_argument(f"--{flag}-threshold", type=float, default=default, dest=f"{key}_threshold", metavar="X",
                        help=f"the aha step of {key}: first step its smoothed value reaches this (default: {default})")
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = _command(sub, "export", "a run or checkpoint as a plain transformers model dir (LoRA merged) or a PEFT adapter")
+    p.epilog = ("The merged model loads with AutoModelForCausalLM.from_pretrained(DIR); the adapter with\n"
+                "peft's PeftModel.from_pretrained(base, DIR). QLoRA merges into the de-quantised base.")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                   help="a run dir (its latest checkpoint), a checkpoint dir, or a LoRA adapter dir")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write (must be new or empty)")
+    p.add_argument("--adapter-only", action="store_true", help="write a clean PEFT adapter, not a merged model")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights' dtype (default: the base model's own; a full fine-tune's: the checkpoint's)")
+    p.add_argument("--model", metavar="M", help="load this base instead of the recorded one (e.g. a local copy)")
+    p.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds files")
 
 
 def add_countdown(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,205 @@
+"""bench/gpu_check.py (the prepared check for a GPU machine) and bench/gpu_wheels.py (what it carries there):
+the dry run of every section on the CPU, so the check cannot rot between GPU runs, and its pieces - the
+scheduler's budget and timeouts, the markdown, the merge of two calls, the wheel folder's checks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = load("gpu_check")
+gpu_report = load("gpu_report")
+gpu_wheels = load("gpu_wheels")
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_section_and_writes_json_log_and_table(tmp_path: Path):
+    out = tmp_path / "out"
+    # --wheels "": no install here (CI has no wheel folder); a generous budget: a loaded CI machine is slow.
+    r = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry-run", "--wheels", "", "--budget", "600",
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((out / "gpu_check.json").read_text())
+    s = result["sections"]
+    assert set(s) == {"env", "prepare", "cuda_tests", "rollout", "step", "presets"}
+    assert set(s["presets"]) == set(gpu_check.gpu_presets())
+    statuses = {name: rec["status"] for name, rec in gpu_report.flat_sections(result)}
+    assert set(statuses.values()) == {"ok"}, statuses
+    assert s["env"]["result"]["versions"]["torch"] and s["env"]["result"]["cuda_available"] is False
+    tests = s["cuda_tests"]["result"]
+    assert tests["failed"] == 0 and tests["passed"] >= 7
+    skipped = [t for t in tests["tests"] if t["outcome"] == "skipped"]  # only QLoRA's 4-bit part, after its LoRA run
+    assert [t["name"] for t in skipped] == ["test_qlora_loads_4bit_rolls_out_and_updates"]
+    assert "needs CUDA" in skipped[0]["message"]
+    assert {"hf", "native"} <= set(s["rollout"]["result"]["engines"])
+    assert s["rollout"]["result"]["fraction_of_floor"].startswith("needs CUDA")
+    assert s["step"]["result"]["aha"]["step_time"] > 0
+    for name, rec in s["presets"].items():
+        steps = rec["result"]["steps"]
+        assert [x["step"] for x in steps] == [1, 2] and all(x["step_time"] > 0 for x in steps), name
+        assert rec["result"]["memory"]["peak_bytes"] > 0
+    assert {rec["result"]["backend"] for rec in s["presets"].values()} == {"torch", "jax"}
+    table = (out / "gpu_check.md").read_text()
+    assert "| preset |" in table and "| engine |" in table and table.strip() in r.stdout
+    assert "===== cuda_tests" in (out / "gpu_check.log").read_text()
+
+
+def test_every_gpu_preset_has_a_random_architecture():
+    presets = gpu_check.gpu_presets()
+    assert {"rtx5090", "rtx4090", "gpu-16gb", "a100-h100", "countdown-gemma2", "tpu-v2-8", "tpu-v3-8"} <= set(presets)
+    assert "cpu-demo" not in presets and "smoke" not in presets
+    check = object.__new__(gpu_check.Check)
+    for p in presets:
+        arch = check.arch_of(p)
+        assert arch in gpu_check.TINY, f"{p}: add its model to ARCH_OF/TINY so the check can draw random weights"
+
+
+def check_for(tmp_path: Path, budget: float) -> "gpu_check.Check":
+    args = argparse.Namespace(dry_run=True, budget=budget, out=str(tmp_path), only="", jobs=2, wheels="")
+    return gpu_check.Check(args)
+
+
+def sleeper(name: str, seconds: float, kind: str = "preset") -> "gpu_check.Job":
+    cmd = [sys.executable, "-c", f"import time, json, sys; time.sleep({seconds}); open(sys.argv[1], 'w').write('{{}}')",
+           "{dest}"]
+    return gpu_check.Job(name, cmd, kind, parse=lambda j: json.loads(j.dest.read_text()))
+
+
+def test_jobs_time_out_skip_when_the_budget_is_spent_and_say_what_ran_together(tmp_path: Path):
+    check = check_for(tmp_path, budget=6)
+    check.limits = {"preset": (2.0, 0.0), "step": (30.0, 20.0)}
+    check.run_jobs([sleeper("preset:a", 0.1), sleeper("preset:b", 10)], parallel=2)
+    check.run_jobs([sleeper("step", 0.1, kind="step")])  # needs 20 s left: skipped
+    s = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert s["presets"]["a"]["status"] == "ok" and s["presets"]["a"]["ran_with"] == ["preset:b"]
+    assert s["presets"]["b"]["status"] == "timeout after 2s"  # its own timeout, not the budget's end
+    assert s["step"]["status"] == "skipped: time budget" and s["step"]["rerun"] == "--only step"
+
+
+def test_a_failing_section_records_its_log_and_the_next_still_runs(tmp_path: Path):
+    check = check_for(tmp_path, budget=60)
+    bad = gpu_check.Job("rollout", [sys.executable, "-c", "raise SystemExit('no GPU here')"], "rollout",
+                        parse=lambda j: json.loads(j.dest.read_text()))
+    check.run_jobs([bad, sleeper("step", 0.1, kind="step")])
+    s = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert s["rollout"]["status"] == "failed (exit 1)" and "no GPU here" in s["rollout"]["log_tail"]
+    assert s["step"]["status"] == "ok"
+
+
+GPU_RESULT = {
+    "check": {"command": "python bench/gpu_check.py --out /tmp/o", "started": "2026-12-01", "wall_s": 431.0},
+    "sections": {
+        "env": {"status": "ok", "seconds": 20.0, "result": {
+            "device_name": "NVIDIA H200", "device_memory_bytes": 150 * 2**30, "nvidia_smi": "NVIDIA H200, 580.1",
+            "versions": {"torch": "2.11.0", "transformers": "5.17.0", "trl": "1.16.0", "jax": "0.11.2"}}},
+        "rollout": {"status": "ok", "seconds": 90.0, "result": {
+            "model": "/dev/shm/x/random-qwen2.5-3b", "dtype": "bfloat16", "prompts": 16, "group": 8, "new_tokens": 512,
+            "prompt_tokens": {"min": 120, "max": 540}, "ratio_vs_hf": {"hf": 1.0, "native": 9.5},
+            "engines": {"hf": {"tokens_per_s": 1000.0}, "native": {"tokens_per_s": 9500.0}},
+            "fraction_of_floor": {"hf": 0.06, "native": 0.55}, "memory": {"peak_bytes": 20 * 2**30}}},
+        "step": {"status": "ok", "seconds": 150.0, "result": {
+            "model": "/dev/shm/x/random-qwen2.5-3b", "finetune": "qlora", "prompts_per_step": 4, "num_generations": 8,
+            "max_new_tokens": 512, "engine": "native", "ratio_vs_trl": 4.2, "peak_mem_ratio_vs_trl": 1.5,
+            "ratio_by_phase": {"gen": 8.0, "score": 1.0, "update": 2.0},
+            "aha": {"step_time": 5.0, "gen_time": 2.0, "update_time": 3.0, "peak_mem_bytes": 7 * 2**30},
+            "trl": {"step_time": 21.0, "gen_time": 15.0, "update_time": 6.0, "peak_mem_bytes": 10 * 2**30,
+                    "version": "1.16.0"}}},
+        "presets": {
+            "a100-h100": {"status": "ok", "seconds": 80.0, "ran_with": ["preset:rtx5090"], "result": {
+                "arch": "qwen2.5-3b", "model": "x", "backend": "torch", "finetune": "lora", "lora_r": 64, "rows": 128,
+                "max_new_tokens": 768, "prompt_tokens": {"mean": 265.0}, "notes": ["task arith (no network)"],
+                "steps": [{"step": 1, "step_time": 30.0}, {"step": 2, "step_time": 25.0}],
+                "memory": {"peak_bytes": 30 * 2**30, "peak_reserved_bytes": 33 * 2**30}}},
+            "tpu-v2-8": {"status": "skipped: time budget", "seconds": 0.0, "rerun": "--only preset:tpu-v2-8"}}}}
+
+
+def test_markdown_table_for_benchmarks_md():
+    md = gpu_report.markdown(GPU_RESULT)
+    assert md.startswith("### NVIDIA H200, 150.00 GiB")
+    assert "| native | 9500 | 9.50x | 55.0% |" in md
+    assert "| TRL / aha | **4.20x** | 8.00x | 2.00x | 1.50x |" in md and "| aha | 5.00 s |" in md
+    assert "| a100-h100 | qwen2.5-3b (torch) | lora r64 | 128 x 768 | 265 | 30.0 s | 25.0 s | 30.00 GiB (33.00 GiB " \
+           "reserved) | task arith (no network); ran alongside preset:rtx5090 |" in md
+    assert "| preset:tpu-v2-8 | skipped: time budget | 0.0 | - |" in md
+
+
+def test_render_merges_a_second_call_over_what_the_first_skipped(tmp_path: Path):
+    second = {"check": {"command": "python bench/gpu_check.py --only preset:tpu-v2-8"}, "sections": {
+        "env": {"status": "ok", "seconds": 5.0, "result": GPU_RESULT["sections"]["env"]["result"]},
+        "rollout": {"status": "skipped: time budget", "seconds": 0.0},
+        "presets": {"tpu-v2-8": {"status": "ok", "seconds": 60.0}}}}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(GPU_RESULT))
+    b.write_text(json.dumps(second))
+    merged = gpu_report.merge([str(a), str(b)])
+    assert merged["sections"]["presets"]["tpu-v2-8"]["status"] == "ok"
+    assert merged["sections"]["rollout"]["status"] == "ok"  # the skip did not replace the measurement
+    assert merged["check"]["command"] == GPU_RESULT["check"]["command"]
+
+
+def fake_wheel(folder: Path, name: str, version: str, requires: list[str]) -> None:
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", meta)
+
+
+def test_wheel_folder_check_finds_what_the_install_would_trip_on(tmp_path: Path):
+    fake_wheel(tmp_path, "alpha", "1.0", ["beta>=2", "torch", "pytest; extra == 'dev'", "win32api; sys_platform == 'win32'"])
+    fake_wheel(tmp_path, "beta", "2.0", [])
+    problems, sizes = gpu_wheels.check(tmp_path, on_machine={"torch"})
+    assert problems == [] and len(sizes) == 2  # extras and other platforms' needs do not count
+    fake_wheel(tmp_path, "alpha", "1.1", ["gamma"])
+    fake_wheel(tmp_path, "torch", "9.0", [])
+    problems, _ = gpu_wheels.check(tmp_path, on_machine={"torch"})
+    assert any("alpha twice" in p for p in problems)
+    assert any("torch must come from the machine" in p for p in problems)
+    assert any("needs gamma" in p for p in problems)
+
+
+def test_install_line_is_offline_without_dependencies_into_its_own_folder():
+    cmd = gpu_wheels.install_command(REPO / "no-such-folder", "/tmp/site")
+    assert {"--no-index", "--no-deps"} <= set(cmd) and cmd[cmd.index("--target") + 1] == "/tmp/site"
+    assert "--upgrade" not in cmd and not any(c.startswith(("torch", "jax")) for c in cmd)
+
+
+def test_gpu_mode_runs_the_sizes_the_issue_asks_for(tmp_path: Path):
+    """The commands a GPU call runs (only the dry run executes here): what each section measures."""
+    args = argparse.Namespace(dry_run=False, budget=0, out=str(tmp_path), only="", jobs=0, wheels="")
+    check = gpu_check.Check(args)
+    try:
+        check.models = {"qwen2.5-3b": "/m/qwen", "gemma2-2b": "/m/gemma"}
+        rollout = " ".join(check.job_rollout().cmd)
+        assert "--model /m/qwen --device cuda --dtype bfloat16 --prompts 16 --group 8 --new-tokens 512" in rollout
+        step = check.step_job(vs_trl=True).cmd
+        assert step[2:4] == ["-c", "rtx5090"] and "--vs-trl" in step and "rollout.engine=native" in step
+        assert not any(x.startswith(("finetune=", "device=")) for x in step)  # the preset's QLoRA, on CUDA
+        for name in gpu_check.gpu_presets():
+            job = check.job_preset(name)
+            assert not any(x.startswith(("device=", "finetune=", "prompts_per_step=", "rollout.")) for x in job.cmd)
+            assert "max_steps=2" in job.cmd and any(x.startswith("model=/m/") for x in job.cmd)
+            assert job.kind == ("preset-jax" if name.startswith("tpu") else "preset")
+        assert "-m" in check.job_cuda_tests().cmd and "tests/test_cuda.py" in check.job_cuda_tests().cmd
+        assert check.budget == 450
+    finally:
+        import shutil
+
+        shutil.rmtree(check.scratch, ignore_errors=True)
+        shutil.rmtree(check.models_root, ignore_errors=True)
