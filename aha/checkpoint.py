@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from aha.ckptdir import ADAPTER_FILE, MODEL_FILE, begin, commit, one_line, read_meta
+from aha import guards
+from aha.ckptdir import ADAPTER_FILE, MODEL_FILE, commit, one_line, read_meta, writing
 from aha.errors import CheckpointError
 from aha.model import unwrap
 from aha.seeding import resharded_sampling_seed, seed_rngs
@@ -44,16 +45,20 @@ def _as_tuple(x: Any) -> Any:
 def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
          scheduler: Any, trainer_state: dict[str, Any], config_yaml: str, keep_last: int,
          rng_states: list[dict[str, Any]] | None = None) -> Path:
-    """Write checkpoint `step`. `rng_states`: every rank's `rng_state()` in rank order (default: this process's)."""
-    tmp = begin(run_dir, step)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
-    else:
-        unwrap(model).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "config.yaml").write_text(config_yaml)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_states or [rng_state()], **trainer_state}, tmp / STATE_FILE)
+    """Write checkpoint `step`. `rng_states`: every rank's `rng_state()` in rank order (default: this process's).
+
+    Refuses (NonFiniteError) weights or optimizer state holding NaN or inf, before writing anything."""
+    guards.require_finite([p for p in model.parameters() if p.requires_grad], f"checkpoint step-{step} (weights)")
+    guards.require_finite(guards.optimizer_tensors(optimizer), f"checkpoint step-{step} (optimizer state)")
+    with writing(run_dir, step) as tmp:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp)  # adapter_model.safetensors + adapter_config.json
+        else:
+            unwrap(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "config.yaml").write_text(config_yaml)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_states or [rng_state()], **trainer_state}, tmp / STATE_FILE)
     return commit(run_dir, tmp, step, keep_last)
 
 
@@ -121,6 +126,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
             raise
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {one_line(e)}); "
                               "resume from an earlier one with --resume PATH") from e
+    if not guards.finite([p for p in model.parameters() if p.requires_grad]):
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights (NaN/inf, saved before aha refused "
+                              "to save them); resume from an earlier one with --resume PATH")
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
     rngs = state.pop("rng")

@@ -9,14 +9,17 @@ backend's own (aha/checkpoint.py for torch, aha/jax/checkpoint.py for JAX).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+from aha import fsio
 from aha.errors import CheckpointError, ConfigError
 
 META_FILE = "meta.json"
@@ -30,21 +33,42 @@ def begin(run_dir: Path, step: int) -> Path:
     """A fresh temporary directory to write checkpoint `step` into (then `commit` it)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    tmp = root / f"{fsio.STALE_CKPT_PREFIX}{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path, step: int) -> Iterator[Path]:
+    """`begin` a checkpoint; if writing it fails (full or read-only disk, Ctrl-C) its temporary
+    directory is removed, and a write error becomes one line naming the path and the fix."""
+    tmp = begin(run_dir, step)
+    try:
+        yield tmp
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or type(e) is RuntimeError:
+            # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
+            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise CheckpointError(f"could not write checkpoint step-{step} under {tmp.parent}: {cause}; free "
+                                  "disk space or make the output directory writable, then --resume") from e
+        raise
 
 
 def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
     """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
     (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
     final = Path(run_dir) / "checkpoints" / f"step-{step}"
-    if final.exists():  # re-saving a step after a resume: replace it whole
-        shutil.rmtree(final)
+    aside = final.with_name(f"{fsio.TRASH_PREFIX}{final.name}-{os.getpid()}")
+    if final.exists():  # re-saving a step after a resume: swap the new one in, then delete the old
+        fsio.remove_tree(aside)
+        os.replace(final, aside)
     os.rename(tmp, final)
+    fsio.fsync_dir(final.parent)
+    fsio.remove_tree(aside)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        fsio.remove_tree(old)
     return final
 
 
@@ -102,12 +126,11 @@ def checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool,
 def check_config(path: Path, current: dict[str, Any]) -> str | None:
     """Compare the config a checkpoint was trained with (its config.yaml) with the current one
     (`Config.to_dict()`), before anything is loaded or written. A change the saved state cannot
-    follow (model, fine-tuning mode, a parameter shape: `config.RESUME_REFUSED`) is a ConfigError
+    follow (model, fine-tuning mode, a parameter shape: `RESUME_REFUSED`) is a ConfigError
     naming each key with both values; other changes come back as one warning line (None if none).
     A config.yaml that cannot be read is a corrupt checkpoint."""
     import yaml
 
-    from aha.config import resume_diff
     from aha.errors import ConfigError
 
     path = Path(path)
@@ -134,3 +157,58 @@ def one_line(err: BaseException, limit: int = 200) -> str:
     """An exception's message on one line (torch's size-mismatch errors run to dozens)."""
     text = " ".join(str(err).split())
     return text if len(text) <= limit else text[:limit] + " ..."
+
+
+# ---- resuming: what may differ between a checkpoint's config and the current one ----
+
+# Changing these makes the saved weights or optimizer state mean something else (or not fit):
+# the architecture, what is trained and its shapes, the LoRA scale, the optimizer's state layout.
+RESUME_REFUSED = ("backend", "model", "finetune", "lora.r", "lora.alpha", "lora.target_modules", "lora.last_layers",
+                  "optimizer")
+# Changing these leaves what the run learns alone: where and how often it logs, evaluates and
+# saves, how the work is batched or which engine samples (the same distribution).
+RESUME_IGNORED = ("output_dir", "device", "tensorboard", "log_completions_every", "probe_every", "eval_every",
+                  "eval_limit", "save_every", "keep_last", "micro_batch_tokens", "logprob_chunk", "rollout.batch_size",
+                  "rollout.engine", "gradient_checkpointing", "deterministic", "warn_no_signal_steps",
+                  "report_to", "report_table_every", "max_nonfinite_steps")
+_OPAQUE = ("task_options",)  # compared as one value: its keys are the task's, absent means default
+
+
+def resume_diff(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(refused, changed) between a checkpoint's config and the current one, both as `to_dict()`
+    gives them; each item reads "key old -> new". Refused: keys of RESUME_REFUSED, and the seed when
+    the base weights are drawn from it (`random:<arch>` with adapters). Changed: every other
+    difference outside RESUME_IGNORED (seed, task, G, prompts_per_step, max_steps, schedule, ...).
+    A key one side lacks (a config written by another version of aha) is not compared."""
+    old, new = _flatten(saved), _flatten(current)
+    refused, changed = [], []
+    for key in new:
+        if key not in old or old[key] == new[key] or key in RESUME_IGNORED:
+            continue
+        item = f"{key} {_show(old[key])} -> {_show(new[key])}"
+        seeded_base = (key == "seed" and str(new.get("model", "")).startswith("random:")
+                       and new.get("finetune") != "full")
+        if key in RESUME_REFUSED or seeded_base:
+            refused.append(item + (" (the random base weights come from the seed)" if seeded_base else ""))
+        else:
+            changed.append(item)
+    return refused, changed
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key not in _OPAQUE:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    """A value on one line: plain words as they are, anything else as JSON (quoted, escaped)."""
+    if isinstance(value, str) and value and value.isprintable() and " " not in value:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return json.dumps(value, default=str, sort_keys=True)

@@ -10,7 +10,7 @@ that names the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -142,6 +142,9 @@ class Config:
     probe_every: int = 10  # greedy completion of one fixed test prompt every N steps (0 = never)
     eval_every: int = 0  # 0 = never; else also at step 0 (the untrained policy) and the last step
     warn_no_signal_steps: int = 5  # warn once this many steps in a row carry no signal (0 = never)
+    # A step with a NaN/inf reward, advantage, loss or gradient skips its update (aha/guards.py);
+    # this many in a row stop the run (0 = never stop).
+    max_nonfinite_steps: int = 3
     eval_limit: int = 50  # held-out examples per periodic eval
     save_every: int = 50  # 0 = only at the end
     keep_last: int = 3  # checkpoints kept on disk
@@ -190,6 +193,7 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
         _apply_mapping(cfg, data, prefix="")
+    drop_other_task_options(cfg, overrides or [])
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -199,6 +203,22 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
 
     validate(cfg)
     return cfg
+
+
+def drop_other_task_options(cfg: Config, overrides: list[str]) -> None:
+    """`task=X` on the command line over a preset made for another task: the preset's task_options
+    belong to that task, so they are dropped (with a note), not passed to X. Options given on the
+    command line (task_options.KEY=VALUE) are applied afterwards and kept."""
+    tasks = [yaml.safe_load(v) for k, sep, v in (o.partition("=") for o in overrides) if sep and k.strip() == "task"]
+    if not tasks or str(tasks[-1]) == cfg.task or not cfg.task_options:
+        return
+    if any(k.strip() == "task_options" for k, sep, _ in (o.partition("=") for o in overrides) if sep):
+        cfg.task_options = {}  # replaced whole on the command line anyway: no note
+        return
+    print(f"aha: note: task={tasks[-1]} replaces the preset's task {cfg.task}; its task_options "
+          f"({', '.join(cfg.task_options)}) are dropped - set {tasks[-1]}'s own as task_options.KEY=VALUE",
+          file=sys.stderr)
+    cfg.task_options = {}
 
 
 def _apply_mapping(obj: Any, data: dict, prefix: str) -> None:
@@ -291,58 +311,3 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return str(value)
         raise ConfigError(f"config key {name!r}: expected a string, got {value!r}")
     return value
-
-
-# ---- resuming: what may differ between a checkpoint's config and the current one ----
-
-# Changing these makes the saved weights or optimizer state mean something else (or not fit):
-# the architecture, what is trained and its shapes, the LoRA scale, the optimizer's state layout.
-RESUME_REFUSED = ("backend", "model", "finetune", "lora.r", "lora.alpha", "lora.target_modules", "lora.last_layers",
-                  "optimizer")
-# Changing these leaves what the run learns alone: where and how often it logs, evaluates and
-# saves, how the work is batched or which engine samples (the same distribution).
-RESUME_IGNORED = ("output_dir", "device", "tensorboard", "log_completions_every", "probe_every", "eval_every",
-                  "eval_limit", "save_every", "keep_last", "micro_batch_tokens", "logprob_chunk", "rollout.batch_size",
-                  "rollout.engine", "gradient_checkpointing", "deterministic", "warn_no_signal_steps",
-                  "report_to", "report_table_every")
-_OPAQUE = ("task_options",)  # compared as one value: its keys are the task's, absent means default
-
-
-def resume_diff(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(refused, changed) between a checkpoint's config and the current one, both as `to_dict()`
-    gives them; each item reads "key old -> new". Refused: keys of RESUME_REFUSED, and the seed when
-    the base weights are drawn from it (`random:<arch>` with adapters). Changed: every other
-    difference outside RESUME_IGNORED (seed, task, G, prompts_per_step, max_steps, schedule, ...).
-    A key one side lacks (a config written by another version of aha) is not compared."""
-    old, new = _flatten(saved), _flatten(current)
-    refused, changed = [], []
-    for key in new:
-        if key not in old or old[key] == new[key] or key in RESUME_IGNORED:
-            continue
-        item = f"{key} {_show(old[key])} -> {_show(new[key])}"
-        seeded_base = (key == "seed" and str(new.get("model", "")).startswith("random:")
-                       and new.get("finetune") != "full")
-        if key in RESUME_REFUSED or seeded_base:
-            refused.append(item + (" (the random base weights come from the seed)" if seeded_base else ""))
-        else:
-            changed.append(item)
-    return refused, changed
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key not in _OPAQUE:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _show(value: Any) -> str:
-    """A value on one line: plain words as they are, anything else as JSON (quoted, escaped)."""
-    if isinstance(value, str) and value and value.isprintable() and " " not in value:
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    return json.dumps(value, default=str, sort_keys=True)

@@ -22,6 +22,7 @@ rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores wit
 from __future__ import annotations
 
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from math import comb
@@ -93,6 +94,25 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
     return metrics, rows
 
 
+class ProgressLines:
+    """Progress without a terminal: a line at most every `every` seconds, and one at the end."""
+
+    every = 30.0
+
+    def __init__(self, total: int):
+        self.total, self.t0 = total, time.perf_counter()
+        self.last = self.t0
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        left = f", ~{(self.total - done) / rate:.0f} s left" if done < self.total and rate > 0 else ""
+        print(f"aha eval: {done}/{self.total} completions, {now - self.t0:.0f} s{left}", file=sys.stderr, flush=True)
+
+
 def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: int | None = None,
              batch_size: int = 16, max_new_tokens: int = 256, engine: str = "hf", temperature: float = 0.0,
              samples: int = 1, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
@@ -126,6 +146,7 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
     from tqdm import tqdm
 
     bar = tqdm(total=len(prompts), desc="aha eval", unit="seq", disable=not (progress and sys.stderr.isatty()))
+    lines = ProgressLines(len(prompts)) if progress and not sys.stderr.isatty() else None  # logs, pipes
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
@@ -135,6 +156,8 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
             lengths += ro.completion_mask.sum(dim=1).tolist()
             truncated += ro.truncated.tolist()
             bar.update(len(ro.texts))
+            if lines is not None:
+                lines.update(len(texts))
     bar.close()
     at = {i: pos for pos, i in enumerate(order)}  # example index -> its place in generation order
     back = [at[i] * samples + j for i in range(len(examples)) for j in range(samples)]

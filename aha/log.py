@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from aha.config import Config
     from aha.records import CompletionRecord
 
+from aha import fsio
+
 # Self-reflection / self-verification markers, the behaviour R1-Zero's "aha moment" describes.
 # Matched case-insensitively on word boundaries ("wait" but not "waiter").
 REFLECTION_PHRASES: list[str] = [
@@ -66,11 +68,11 @@ class RunLogger:
         self.completions_path = self.run_dir / "completions.jsonl"
         self.eval_path = self.run_dir / "eval_completions.jsonl"  # held-out evals' completions
         for path in (self.metrics_path, self.completions_path, self.eval_path):
+            # Atomic rewrites (aha/fsio.py): an interruption here never loses a run's history.
             if resume_step is None:
-                path.write_text("")
+                fsio.atomic_write_text(path, "")
             elif path.exists():
-                kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
-                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                fsio.rewrite_jsonl(path, lambda r: r.get("step", 0) <= resume_step)
         self.trackers = list(trackers)
         self.table_every = table_every
         self._table: tuple[int, list[dict[str, Any]]] | None = None  # (step, rows) not sent yet
@@ -139,14 +141,17 @@ class Progress:
         self.bar.close()
 
 
-def open_run(run_dir: Path, cfg: Config, config_yaml: str, step: int,
-             resumed: bool) -> tuple[RunLogger, Progress]:
-    """Create the run directory, write its config.yaml, open its logs (trimmed to `step` when
-    `resumed`) with the trackers of `cfg.report_to` (aha/trackers.py), and the progress bar
+def open_run(run_dir: Path, cfg: Config, config_yaml: str, step: int, resumed: bool,
+             overwrite: bool = False) -> tuple[RunLogger, Progress]:
+    """Create the run directory (with `overwrite`, the old run is moved aside and removed now that
+    every check has passed: aha/rundir.py), write its config.yaml, open its logs (trimmed to `step`
+    when `resumed`) with the trackers of `cfg.report_to` (aha/trackers.py), and the progress bar
     starting at `step`."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    from aha import rundir
     from aha.trackers import open_trackers
+
+    rundir.prepare(run_dir, overwrite, resuming=resumed)
+    fsio.atomic_write_text(run_dir / "config.yaml", config_yaml)
 
     resume_step = step if resumed else None
     trackers = open_trackers(cfg.report_to, run_dir, cfg.to_dict(), cfg.tensorboard, resume_step)

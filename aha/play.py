@@ -16,6 +16,11 @@ to answer (s1 appends "Final Answer:"; our tasks answer in <answer> tags). That 
 decode loop: `generate_forced` - one token at a time with the KV cache; after a rollback the cache
 is rebuilt from the kept tokens (one prefill, rare, and free of any cache-cropping API).
 
+An answer ends at EOS (or a chat template's end-of-turn token), just after `</answer>`, or before
+a turn the model starts on its own ("User:"); one sampling RNG, seeded once with --seed, serves
+the whole session, so sampled answers differ from turn to turn. Library warnings are kept out of
+the streamed answer.
+
 In a terminal questions form a conversation (chat templates keep the turns; text templates append
 the next "User:" turn to the transcript) until /reset. With piped stdin each line is answered on
 its own, nothing but answers goes to stdout, and EOF exits 0.
@@ -23,9 +28,11 @@ its own, nothing but answers goes to stdout, and EOF exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +41,9 @@ from aha.tasks import Messages, Task, prompt_prefill
 THINK_END = "</think>"
 WAIT = "Wait"
 FORCED_END = "\n</think>\n<answer>\n"
+ANSWER_END = "</answer>"
+TURN_STOPS = ("\nUser:", "\nHuman:", "\nAssistant:")  # the model starting a turn of its own
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 HELP = """commands:
   /reset          forget the conversation and restore the command-line settings
@@ -73,18 +83,18 @@ def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> in
 
 class _Streamer:
     """Emits newly decoded text, holding back what is not final yet: a trailing partial UTF-8
-    character, and (while forcing is armed) a tail that could be the start of `</think>`."""
+    character, and a tail that could be the start of a tag in `hold` (`</think>` while forcing is
+    armed, the turn markers that stop the answer)."""
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None):
-        self.tokenizer, self.on_text, self.sent = tokenizer, on_text, 0
+    def __init__(self, on_text: Callable[[str], None] | None):
+        self.on_text, self.sent = on_text, 0
 
-    def push(self, ids: Sequence[int], hold_tag: bool, final: bool = False) -> str:
-        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+    def push(self, text: str, hold: Sequence[str] = (), final: bool = False) -> str:
         end = len(text)
         if not final:
             end = len(text.rstrip("\ufffd"))
-            if hold_tag:
-                end = min(end, _partial_tag_start(text, THINK_END))
+            for tag in hold:
+                end = min(end, _partial_tag_start(text, tag))
         if end > self.sent and self.on_text is not None:
             self.on_text(text[self.sent:end])
         self.sent = max(self.sent, end)
@@ -100,20 +110,24 @@ def _partial_tag_start(text: str, tag: str) -> int:
 
 
 def generate_forced(model: Any, tokenizer: Any, prompt_ids: Sequence[int], settings: Settings,
-                    eos_ids: Sequence[int], on_text: Callable[[str], None] | None = None) -> str:
+                    eos_ids: Sequence[int], on_text: Callable[[str], None] | None = None,
+                    generator: Any = None) -> str:
     """Decode one completion token by token with budget forcing; returns its text.
 
-    `on_text` receives the text as it becomes final; the pieces add up to the returned text.
+    `on_text` receives the text as it becomes final; the pieces add up to the returned text. The
+    answer ends at EOS, after `</answer>`, or before a new turn the model starts on its own
+    ("User:", ...). `generator`: the sampling RNG, kept by the caller across answers (default: a
+    fresh one seeded with `settings.seed`).
     """
     import torch
 
     device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    gen = generator if generator is not None else torch.Generator(device="cpu").manual_seed(settings.seed)
     prompt = list(prompt_ids)
     out: list[int] = []  # completion token ids
     thinking = True  # until `</think>` is written (or forced); the templates pre-fill `<think>`
     cache, n_cached = None, 0  # the KV cache covers the first n_cached tokens of prompt + out
-    streamer = _Streamer(tokenizer, on_text)
+    streamer = _Streamer(on_text)
     eos = set(eos_ids)
 
     def encode(text: str) -> list[int]:
@@ -150,8 +164,44 @@ def generate_forced(model: Any, tokenizer: Any, prompt_ids: Sequence[int], setti
                 elif settings.max_think and len(out) >= settings.max_think:
                     out += encode(FORCED_END)
                     thinking = False
-            streamer.push(out, hold_tag=thinking and settings.min_think > 0)
-    return streamer.push(out, hold_tag=False, final=True)
+            forcing = thinking and settings.min_think > 0
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            end = stop_at(text, answer_end=not forcing)
+            if end is not None:
+                return streamer.push(text[:end], final=True)
+            streamer.push(text, hold=(THINK_END, *TURN_STOPS) if forcing else TURN_STOPS)
+    return streamer.push(tokenizer.decode(out, skip_special_tokens=True), final=True)
+
+
+def stop_at(text: str, answer_end: bool = True) -> int | None:
+    """Where the assistant's turn ends in `text`: before a turn the model invents ("\nUser:", ...)
+    or, with `answer_end`, just after the first `</answer>`; None when it has not ended."""
+    cuts = [i for tag in TURN_STOPS if (i := text.find(tag)) >= 0]
+    if answer_end and (i := text.find(ANSWER_END)) >= 0:
+        cuts.append(i + len(ANSWER_END))
+    return min(cuts) if cuts else None
+
+
+def turn_end_ids(tokenizer: Any) -> list[int]:
+    """Ids of the chat templates' end-of-turn tokens this tokenizer has (a base model's EOS is
+    often only <|endoftext|>, and it would write on past <|im_end|> into a new turn)."""
+    vocab = tokenizer.get_vocab()
+    return sorted({vocab[t] for t in TURN_END_TOKENS if t in vocab})
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """No library warning (transformers' cache-API deprecation, ...) in the middle of an answer."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _drop_from(ids: list[int], tokenizer: Any, cut: int) -> list[int]:
@@ -210,7 +260,15 @@ class Session:
         self.defaults = settings
         self.settings = Settings(**vars(settings))
         self.history = Conversation()
-        self.eos = eos_token_ids(tokenizer, model)
+        self.eos = sorted(set(eos_token_ids(tokenizer, model)) | set(turn_end_ids(tokenizer)))
+        self.generator = self._seeded()
+
+    def _seeded(self) -> Any:
+        """One sampling RNG for the session (seeded once, and again on /reset): answers to the
+        same question differ when sampling, and a whole session replays from --seed."""
+        import torch
+
+        return torch.Generator(device="cpu").manual_seed(self.settings.seed)
 
     def loop(self, interactive: bool, jsonl: bool = False) -> int:
         while True:
@@ -243,7 +301,9 @@ class Session:
         stream = None if jsonl else _write
         if stream:
             stream(head)
-        completion = generate_forced(self.model, self.tokenizer, ids[0].tolist(), self.settings, self.eos, stream)
+        with quiet_libraries():
+            completion = generate_forced(self.model, self.tokenizer, ids[0].tolist(), self.settings, self.eos, stream,
+                                         self.generator)
         if jsonl:
             answer = (self.task or Task()).final_answer(head + completion)
             print(json.dumps({"question": question, "completion": head + completion, "answer": answer}), flush=True)
@@ -262,6 +322,7 @@ class Session:
                 return "quit"
             if name == "/reset":
                 self.settings, self.history = Settings(**vars(self.defaults)), Conversation()
+                self.generator = self._seeded()
                 _note("conversation and settings reset")
             elif name == "/temp":
                 s.temperature = _non_negative(float(value), name)

@@ -38,19 +38,30 @@ class CompletionRecord:
 
 @dataclass
 class UpdateStats:
-    """What one policy update (mu optimizer steps on a step's rollouts) measured; all scalars."""
+    """What one policy update (mu optimizer steps on a step's rollouts) measured: scalars, and what
+    was non-finite if a step was skipped (`metrics()` is what metrics.jsonl keeps)."""
 
     loss: float  # the last inner iteration's policy loss, summed over micro-batches (and ranks)
     kl: float  # KL to the reference, same sums; NaN when algo.beta == 0 (not computed)
     clip_frac: float  # fraction of tokens whose ratio was clipped, summed like the loss
     entropy: float  # mean per-token entropy of the sampling distribution (nats)
     grad_norm: float  # global gradient norm before clipping (of the last optimizer step)
-    update_skipped: float  # 1.0 when every group had equal rewards (nothing to learn), else 0.0
+    update_skipped: float  # 1.0 when no update was applied (all groups equal, or non-finite values), else 0.0
+    nonfinite: str | None = None  # what was NaN/inf when an optimizer step was skipped (aha/guards.py)
+
+    def metrics(self) -> dict[str, float]:
+        """The figures metrics.jsonl keeps: the scalars, and `nonfinite_skipped` (1.0 when an optimizer
+        step was skipped or rolled back for NaN/inf) in place of the description."""
+        return {**{k: v for k, v in asdict(self).items() if k != "nonfinite"},
+                "nonfinite_skipped": float(self.nonfinite is not None)}
 
     @classmethod
-    def skipped(cls) -> UpdateStats:
+    def skipped(cls, nonfinite: str | None = None) -> UpdateStats:
+        """No update: every group had equal rewards, or (`nonfinite`) a reward or advantage was NaN/inf."""
         nan = float("nan")
-        return cls(loss=0.0, kl=nan, clip_frac=0.0, entropy=nan, grad_norm=0.0, update_skipped=1.0)
+        zero = nan if nonfinite else 0.0
+        return cls(loss=zero, kl=nan, clip_frac=zero, entropy=nan, grad_norm=zero, update_skipped=1.0,
+                   nonfinite=nonfinite)
 
 
 def completion_records(task: Task, examples: Sequence[Example], texts: Sequence[str],
@@ -115,7 +126,7 @@ def step_metrics(records: Sequence[CompletionRecord], frac_zero_std: float, stat
     `G`: completions per group (records come group by group)."""
     return {
         **rollout_metrics(records), "frac_zero_std": frac_zero_std, "answer_collapse": answer_collapse(records, G),
-        **asdict(stats), "lr": lr,
+        **stats.metrics(), "lr": lr,
         "tokens_per_s": sum(r.length for r in records) / max(times.gen, 1e-9),
         "step_time": times.step, "gen_time": times.gen, "score_time": times.score,
         "update_time": times.update, "epoch": epoch,

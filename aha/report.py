@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.errors import AhaError
+from aha.fsio import atomic_write_text
 from aha.report_result import correct_vs_incorrect, result_section
 
 DEFAULT_THRESHOLDS = {"format_rate": 0.5, "accuracy": 0.2, "reflection_rate": 0.1}
@@ -284,7 +285,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window:
         md += [f"![{caption}]({name})", "", f"*{caption}*", ""]
     md += _samples_section(completions, comp_path.is_file())
     path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
+    atomic_write_text(path, "\n".join(md) + "\n")
     return path
 
 

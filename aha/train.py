@@ -17,6 +17,7 @@ prompts and DDP all-reduces the gradients; the few places that differ call aha/d
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from aha import checkpoint, distributed
+from aha import checkpoint, distributed, guards, rundir
 from aha.algo import compute_advantages, overlong_penalty
 from aha.ckptdir import checkpoint_to_resume
 from aha.config import Config, ConfigError
@@ -45,6 +46,7 @@ from aha.tasks import Example, Task, get_task
 from aha.update import Mismatch, policy_update
 
 
+@rundir.guarded  # cheap checks first, then one trainer per run directory; SIGTERM saves and stops
 def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Path:
     """Run GRPO as configured. `resume`: None (fresh run), "latest", or a checkpoint path.
     Returns the run directory (`cfg.output_dir`)."""
@@ -59,7 +61,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         torch.use_deterministic_algorithms(True)
 
     task = get_task(cfg.task, **cfg.task_options)
-    train_set = task.examples("train")
+    train_set = guards.train_examples(task, cfg)  # an empty split stops here, before anything is written
     learner = build_learner(cfg, device, d)
     render_prompt(learner.tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
     state: LoopState = fresh_state()
@@ -69,8 +71,8 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         if d.main:
             print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if d.main:  # rank 0 writes everything on disk
-        logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], resumed=ckpt_path is not None)
+    if d.main:  # rank 0 writes everything on disk; every check has passed, so --overwrite replaces the old run now
+        logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)
 
     r = cfg.rollout
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
@@ -85,6 +87,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         return distributed.shard(examples, d)
 
     no_signal = 0  # consecutive steps in which every group's rewards were equal
+    nonfinite = guards.NonFiniteGuard(cfg.max_nonfinite_steps, verbose=d.main)
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
         # 1-5. Prompts, rollout, score, advantages, update (`draw` again for DAPO's refill).
@@ -106,11 +109,16 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             no_signal = no_signal + 1 if n_zero == n_groups else 0
             if cfg.warn_no_signal_steps and no_signal == cfg.warn_no_signal_steps:
                 print(no_signal_warning(no_signal, metrics), file=sys.stderr, flush=True)
+        nonfinite.record(step, res.stats.nonfinite)  # one warning; stops the run after max_nonfinite_steps in a row
 
-        # 7. Checkpoint (the state saved is the state *after* this step).
+        # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
+        # save now and stop (a signal during the last step just finishes the run).
         state["step"] = step
-        if step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-            save(learner, run_dir, step, state, cfg, config_yaml)
+        stop = distributed.all_sum([float(rundir.stop_signal() is not None)], d)[0] > 0 and step < cfg.max_steps
+        if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+            saved = save(learner, run_dir, step, state, cfg, config_yaml)
+        if stop:
+            raise rundir.stopped(rundir.stop_signal() or signal.SIGTERM, step, saved)
     if d.main:
         progress.close()
         logger.close()
@@ -215,10 +223,15 @@ def grpo_step(learner: Learner, task: Task, examples: Sequence[Example], cfg: Co
     if a.mask_truncated:
         rows = rows[~ro.truncated.cpu()[rows]]
 
-    # Update: mu optimizer steps over these rollouts, micro-batched by a token budget.
+    # Update: mu optimizer steps over these rollouts, micro-batched by a token budget - none when a
+    # reward or advantage is NaN/inf on any rank (aha/guards.py).
     mismatch = Mismatch()
-    stats = policy_update(learner.model, ro, advantages, rows, learner.optimizer, learner.scheduler, cfg,
-                          learner.ref_model, learner.net, d, mismatch=mismatch)
+    problem = guards.nonfinite_inputs(batch.scores, advantages)
+    if distributed.all_sum([float(problem is not None)], d)[0]:
+        stats = UpdateStats.skipped(nonfinite=problem or "reward on another rank")
+    else:
+        stats = policy_update(learner.model, ro, advantages, rows, learner.optimizer, learner.scheduler, cfg,
+                              learner.ref_model, learner.net, d, mismatch=mismatch)
     t_end = clock()
     task_rewards = torch.tensor([total for total, _ in batch.scores])
     n_kept, shaping, n = distributed.all_sum([keep.sum().item() / G, (batch.rewards - task_rewards).sum().item(),
@@ -261,11 +274,15 @@ def probe(learner: Learner, task: Task, cfg: Config) -> dict[str, Any]:
     return probe_record(task, ex, text)
 
 
-def save(learner: Learner, run_dir: Path, step: int, state: LoopState, cfg: Config, config_yaml: str) -> None:
-    """Rank 0 writes the checkpoint; every rank's RNG state goes in it (a collective: all ranks call this)."""
+def save(learner: Learner, run_dir: Path, step: int, state: LoopState, cfg: Config,
+         config_yaml: str) -> Path | None:
+    """Rank 0 writes the checkpoint; every rank's RNG state goes in it (a collective: all ranks call this).
+    Returns the checkpoint's path on rank 0, None on the other ranks."""
     d = learner.d
     rngs = distributed.gather(checkpoint.rng_state(), d)
+    path = None
     if d.main:
-        checkpoint.save(run_dir, step, learner.model, learner.tokenizer, learner.optimizer, learner.scheduler,
-                        dict(state), config_yaml, cfg.keep_last, rng_states=rngs)
+        path = checkpoint.save(run_dir, step, learner.model, learner.tokenizer, learner.optimizer,
+                               learner.scheduler, dict(state), config_yaml, cfg.keep_last, rng_states=rngs)
     distributed.barrier(d)  # no rank runs ahead of a checkpoint it may be asked to resume from
+    return path

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from aha import distributed
+from aha import distributed, guards
 from aha.algo import loss_weights, mismatch_stats, policy_loss, rollout_is_weight
 from aha.config import Config
 from aha.logprobs import batch_logprobs
@@ -140,6 +140,7 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
                     ref = [logprobs(mb)[0] for mb in batches]
 
     loss_sum = kl_sum = clip_sum = entropy_sum = 0.0
+    nonfinite = None  # what was NaN/inf in a skipped (or rolled-back) optimizer step
     params = [p for p in model.parameters() if p.requires_grad]
     for it in range(a.mu):
         optimizer.zero_grad(set_to_none=True)
@@ -171,8 +172,9 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
                 clip_sum += st["clip_frac"].item()
                 entropy_sum += (entropy.detach() * mb.completion_mask).sum().item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-        optimizer.step()
+        nonfinite = guards.guarded_step(optimizer, params, grad_norm) or nonfinite  # no NaN/inf into the weights
         scheduler.step()
     loss_sum, kl_sum, clip_sum, entropy_sum = distributed.all_sum([loss_sum, kl_sum, clip_sum, entropy_sum], d)
     return UpdateStats(loss=loss_sum, kl=kl_sum if a.beta > 0 else float("nan"), clip_frac=clip_sum,
-                       entropy=entropy_sum / max(n_tokens, 1), grad_norm=grad_norm.item(), update_skipped=0.0)
+                       entropy=entropy_sum / max(n_tokens, 1), grad_norm=grad_norm.item(),
+                       update_skipped=float(nonfinite is not None), nonfinite=nonfinite)

@@ -48,6 +48,7 @@ def validate(cfg: Config) -> None:
                     "algo.epsilon_high", "algo.entropy_coef", "algo.max_refill_rounds", "algo.overlong_buffer",
                     "algo.overlong_penalty", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
                     "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
+                    "max_nonfinite_steps",
                     "lora.last_layers"]
     for key in non_negative:
         if _get(cfg, key) < 0:

@@ -3,7 +3,6 @@ metric keys from both backends' loops, so `aha report` and a reader of metrics.j
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,8 @@ def test_step_metrics_from_hand_made_records():
     stats = UpdateStats.skipped()
     row = step_metrics(records, 0.25, stats, 1e-3, StepTimes(gen=2.0, score=0.5, update=1.5), epoch=1, G=2)
     assert row["step_time"] == 4.0 and row["tokens_per_s"] == 3.0 and row["frac_zero_std"] == 0.25
-    assert asdict(stats).items() <= row.items() and row["update_skipped"] == 1.0
+    assert stats.metrics().items() <= row.items() and row["update_skipped"] == 1.0
+    assert row["nonfinite_skipped"] == 0.0 and "nonfinite" not in row
     assert row["answer_collapse"] == 0.0  # one group of two different answers
     assert records[0].logged() == {"prompt_id": "p", "completion": "Wait, no", "reward": 1.0, "rewards": {"a": 1.0},
                                    "correct": True, "length": 2}

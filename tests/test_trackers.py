@@ -201,7 +201,8 @@ def test_trackio_tracker_calls(tmp_path, monkeypatch):
 
 
 def test_changing_trackers_on_resume_is_not_a_change_of_the_run():
-    from aha.config import Config, resume_diff
+    from aha.ckptdir import resume_diff
+    from aha.config import Config
 
     saved, now = Config().to_dict(), Config(report_to=["wandb"], report_table_every=1, tensorboard=False).to_dict()
     assert resume_diff(saved, now) == ([], [])

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable
 
 from aha.cli import commands
@@ -38,16 +40,36 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if e not in args.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from aha.fsio import os_error_line
+    from aha.rundir import Stopped
+
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except (AhaError, FileNotFoundError, ValueError) as e:
+    except (AhaError, FileNotFoundError, ValueError, OSError) as e:
         if os.environ.get("AHA_DEBUG"):
             raise
-        print(f"aha: error: {e}", file=sys.stderr)
+        # OSError: a full or read-only disk, a file where a directory should be: the path and the fix
+        message = os_error_line(e) if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else str(e)
+        print("aha: error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()),
+              file=sys.stderr)
         return 2
+    except Stopped as e:  # SIGTERM / Ctrl-C during training: the step finished and was saved
+        print(f"aha: {e}{resume_hint(args)}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
-        print("aha: interrupted", file=sys.stderr)
+        print(f"aha: interrupted{resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted `aha train`: the same command with --resume."""
+    run_dir = getattr(args, "run_dir", None)  # set by commands.train once the config is loaded
+    if args.command != "train" or run_dir is None:
+        return ""
+    if not list(Path(run_dir).glob("checkpoints/step-*/meta.json")):
+        return f"; no checkpoint was saved in {run_dir} yet"
+    words = ["aha", "train", *(["-c", args.config] if args.config else []), *args.overrides, "--resume"]
+    return f"; continue from the last checkpoint with: {shlex.join(words)}"
 
 
 __all__ = ["COMMANDS", "build_parser", "main"]

@@ -42,11 +42,14 @@ def pick_preset() -> tuple[str, str]:
 def train(args: argparse.Namespace) -> int:
     from aha.config import load_config
 
+    if args.resume is not None and args.overwrite:
+        raise AhaError("--resume continues the run in output_dir and --overwrite replaces it: pass one of them")
     preset = args.config
     if preset is None:
         preset, why = pick_preset()
         print(f"aha: no -c given; using preset {preset!r} because {why}", file=sys.stderr)
     cfg = load_config(preset, args.overrides)
+    args.run_dir = cfg.output_dir  # for the resume hint after an interruption (aha/cli/__init__.py)
     if cfg.backend == "jax":  # imported only when asked for: torch-only installs never import jax
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise AhaError("backend=jax shards over every device of the machine itself (jax.sharding); "
@@ -139,6 +142,9 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
         raise ConfigError("--samples, --limit and --batch-size must be >= 1")
     cfg = _run_config(args)
     task, name, options = _task(args, cfg, default_task=None)
+    from aha.guards import require_examples
+
+    require_examples(task.examples(args.split), name, args.split, options)  # before loading any model
     rollout = cfg.get("rollout") or {}
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
     max_new_tokens = args.max_new_tokens or int(rollout.get("max_new_tokens", 256))
@@ -247,8 +253,8 @@ def _eval_json_path(args: argparse.Namespace, task: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: never leave a half-written file."""
+    """Write through a temporary file and a rename (aha/fsio.py): never leave a half-written file."""
+    from aha.fsio import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

@@ -19,8 +19,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, begin, commit, latest, list_checkpoints, read_meta
+from aha.ckptdir import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILE,
+    META_FILE,
+    commit,
+    latest,
+    list_checkpoints,
+    read_meta,
+    writing,
+)
 from aha.errors import CheckpointError
+from aha.guards import NonFiniteError
 from aha.jax import lora as lora_lib
 
 OPT_FILE = "optimizer.npz"
@@ -33,14 +43,19 @@ def save(run_dir: Path, step: int, lora: Any, opt_state: Any, tokenizer: Any, tr
          config_yaml: str, keep_last: int, adapter_config: dict[str, Any]) -> Path:
     from safetensors.numpy import save_file
 
-    tmp = begin(run_dir, step)
-    save_file(lora_lib.to_peft(jax.device_get(lora)), str(tmp / ADAPTER_FILE))
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
-    tokenizer.save_pretrained(tmp)
-    (tmp / "config.yaml").write_text(config_yaml)
+    weights = lora_lib.to_peft(jax.device_get(lora))
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(opt_state))]
-    np.savez(tmp / OPT_FILE, *leaves)
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}))
+    for what, arrays in (("weights", weights.values()), ("optimizer state", leaves)):
+        if not all(np.isfinite(a).all() for a in arrays if np.issubdtype(a.dtype, np.floating)):
+            raise NonFiniteError(f"refusing to save checkpoint step-{step} ({what}): it holds non-finite values; "
+                                 "the previous checkpoint is intact - resume from it with --resume, with a lower lr")
+    with writing(run_dir, step) as tmp:
+        save_file(weights, str(tmp / ADAPTER_FILE))
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
+        tokenizer.save_pretrained(tmp)
+        (tmp / "config.yaml").write_text(config_yaml)
+        np.savez(tmp / OPT_FILE, *leaves)
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}))
     return commit(run_dir, tmp, step, keep_last, backend="jax")
 
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
+from aha import guards, rundir
 from aha.ckptdir import checkpoint_to_resume
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
@@ -45,6 +46,7 @@ from aha.tasks import get_task
 COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
 
 
+@rundir.guarded  # cheap checks first, then one trainer per run directory; SIGTERM saves and stops
 def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Path:
     """Run GRPO as configured on JAX. `resume`: None (fresh run), "latest", or a checkpoint path."""
     if cfg.device == "cpu":  # before any jax call picks a backend
@@ -70,7 +72,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                           f"{-(-n_rows // n_dev) * n_dev // G or 1} with num_generations={G})")
 
     task = get_task(cfg.task, **cfg.task_options)
-    train_set = task.examples("train")
+    train_set = guards.train_examples(task, cfg)  # an empty split stops here, before anything is written
     lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
     mcfg, tokenizer = lm.config, lm.tokenizer
     render_prompt(tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
@@ -88,12 +90,13 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     lora, opt_state = replicate(lora, mesh), replicate(opt_state, mesh)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], resumed=ckpt_path is not None)
+    logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)
     adapter_cfg = lora_lib.adapter_config(cfg.lora.r, cfg.lora.alpha, targets, cfg.model)
     fns = step_functions(mcfg, cfg, scale, optimizer, mesh)
     schedule = lr_lambda(cfg)
     base_key = jax.random.key(cfg.seed)
     put = partial(put_batch, mesh=mesh)
+    nonfinite = guards.NonFiniteGuard(cfg.max_nonfinite_steps)
 
     def sample(prompts: list[Any], key: jax.Array, temperature: float) -> Any:
         merged = fns["merge"](params, lora)  # LoRA folded into the weights: one matmul per projection
@@ -124,10 +127,15 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                                                                          scale=cfg.algo.scale_rewards == "group"))
         keep = ~np.repeat(zero_std, G) if cfg.algo.drop_zero_std else np.ones(n_rows, bool)  # (N,)
 
-        # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches.
+        # 5. Update: mu optimizer steps over these rollouts, in fixed-size micro-batches - none when a
+        # reward or advantage is NaN/inf (aha/guards.py).
         lrs = [cfg.lr * schedule(state["step"] * cfg.algo.mu + i) for i in range(cfg.algo.mu)]  # per optimizer step
-        lora, opt_state, stats = policy_update(fns, params, lora, opt_state, ro, advantages, keep, cfg, lrs,
-                                               n_dev, put)
+        problem = guards.nonfinite_inputs(scores, advantages)
+        if problem is None:
+            lora, opt_state, stats = policy_update(fns, params, lora, opt_state, ro, advantages, keep, cfg, lrs,
+                                                   n_dev, put)
+        else:
+            stats = UpdateStats.skipped(nonfinite=problem)
         t_end = time.perf_counter()
 
         # 6. Log: the torch loop's records and metrics.
@@ -138,12 +146,18 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics.update(held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, step))
         log_step(logger, progress, cfg, step, metrics, records, lambda: probe(sample, task, n_dev))
+        nonfinite.record(step, stats.nonfinite)  # one warning; stops the run after max_nonfinite_steps in a row
 
-        # 7. Checkpoint (the state saved is the state *after* this step).
+        # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
+        # save now and stop (a signal during the last step just finishes the run).
         state["step"] = step
-        if step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-            checkpoint.save(run_dir, step, lora, opt_state, tokenizer, {k: state[k] for k in ("epoch", "cursor")},
-                            config_yaml, cfg.keep_last, adapter_cfg)
+        stop = rundir.stop_signal() if step < cfg.max_steps else None
+        if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
+            saved = checkpoint.save(run_dir, step, lora, opt_state, tokenizer,
+                                    {k: state[k] for k in ("epoch", "cursor")}, config_yaml, cfg.keep_last,
+                                    adapter_cfg)
+            if stop:
+                raise rundir.stopped(stop, step, saved)
     progress.close()
     logger.close()
     return run_dir
@@ -194,10 +208,23 @@ def step_functions(mcfg: Any, cfg: Config, scale: float, optimizer: Any, mesh: A
                                mb.get("ref"))
         return loss, {**st, "entropy_sum": (entropy * mb["cmask"]).sum()}
 
-    def apply(lora: Any, opt_state: Any, grads: Any, lr: jax.Array) -> tuple[Any, Any, jax.Array]:
+    def apply(lora: Any, opt_state: Any, grads: Any, lr: jax.Array) -> tuple[Any, Any, jax.Array, jax.Array]:
         opt_state[-1].hyperparams["learning_rate"] = lr
-        updates, opt_state = optimizer.update(grads, opt_state, lora)
-        return optax.apply_updates(lora, updates), opt_state, optax.global_norm(grads)
+        updates, new_state = optimizer.update(grads, opt_state, lora)
+        new_lora = optax.apply_updates(lora, updates)
+        # A NaN/inf gradient, or an update that overflows the weights (lr far too high), is not
+        # applied: the old adapters and optimizer state are kept (aha/guards.py).
+        norm = optax.global_norm(grads)
+        floats = [x for x in jax.tree_util.tree_leaves(new_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+
+        def max_abs(tree: Any) -> jax.Array:  # NaN if any value is NaN
+            return jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+        limit = jnp.maximum(guards.WEIGHT_LIMIT, guards.WEIGHT_GROWTH * max_abs(lora))
+        ok = (jnp.isfinite(norm) & jnp.all(jnp.stack([jnp.isfinite(x).all() for x in floats]))
+              & (max_abs(new_lora) <= limit))  # NaN compares False
+        keep = partial(jax.tree.map, lambda new, old: jnp.where(ok, new, old))
+        return keep(new_lora, lora), keep(new_state, opt_state), norm, ok
 
     donate = () if jax.default_backend() == "cpu" else (0, 1)  # the CPU backend cannot reuse buffers
     return {
@@ -230,6 +257,7 @@ def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, r
     if a.beta > 0:  # LoRA: the reference is the base model, i.e. no adapters
         for mb in batches:
             mb["ref"] = fns["logprobs"](None, params, mb)
+    nonfinite = None  # what was NaN/inf in a skipped (or rolled-back) optimizer step
     for it in range(a.mu):
         grads, totals = None, {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy_sum": 0.0}
         for mb in batches:
@@ -238,11 +266,15 @@ def policy_update(fns: dict[str, Any], params: Any, lora: Any, opt_state: Any, r
             totals["loss"] += float(loss)
             for k in ("kl", "clip_frac", "entropy_sum"):
                 totals[k] += float(st[k]) if k in st else 0.0
-        lora, opt_state, grad_norm = fns["apply"](lora, opt_state, grads, jnp.float32(lrs[it]))
+        lora, opt_state, grad_norm, ok = fns["apply"](lora, opt_state, grads, jnp.float32(lrs[it]))
+        if not bool(ok):
+            nonfinite = ("loss or gradient" if not np.isfinite(float(grad_norm))
+                         else "update (the step overflowed the weights; lr far too high?)")
     entropy = totals.pop("entropy_sum") / max(n_tokens, 1)
     return lora, opt_state, UpdateStats(loss=totals["loss"], kl=totals["kl"] if a.beta > 0 else float("nan"),
                                         clip_frac=totals["clip_frac"], entropy=entropy,
-                                        grad_norm=float(grad_norm), update_skipped=0.0)
+                                        grad_norm=float(grad_norm), update_skipped=float(nonfinite is not None),
+                                        nonfinite=nonfinite)
 
 
 def micro_batch_rows(n_rows: int, width: int, token_budget: int, n_dev: int) -> int:

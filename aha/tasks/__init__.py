@@ -7,6 +7,7 @@ import importlib
 from typing import Any
 
 from aha.errors import ConfigError
+from aha.guards import check_task_options
 from aha.tasks import user
 from aha.tasks.base import Example, Messages, RewardFn, Task, prompt_prefill, reward_means
 
@@ -35,7 +36,8 @@ def get_task(name: str, **options: Any) -> Task:
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}, "
                           "or your own as path/to/my_task.py:ClassName")
     module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    task_cls = getattr(importlib.import_module(module), cls)
+    return task_cls(**check_task_options(name, task_cls, options))  # a misspelt option: one line
 
 
 __all__ = ["Example", "Messages", "RewardFn", "Task", "TASKS", "get_task", "prompt_prefill", "reward_means"]
