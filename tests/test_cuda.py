@@ -119,11 +119,12 @@ def test_compiled_decode_equals_eager_and_replays_cuda_graphs(monkeypatch):
     args = (ids, mask, params, [tok.eos_token_id], tok.pad_token_id)
     counters.clear()
     with torch.no_grad():
-        loop = native.decode(dec, *args)
-        static = native.decode_static(dec, *args, compile_step=False)
+        loop, loop_lp = native.decode(dec, *args)  # (ids (B, C), the sampled tokens' log-probs (B, C))
+        static, static_lp = native.decode_static(dec, *args, compile_step=False)
         compiled = [native.decode_static(dec, *args, compile_step=True) for _ in range(2)]
     assert torch.equal(static, loop)
-    for out in compiled:
+    assert torch.allclose(static_lp, loop_lp, atol=1e-4)
+    for out, _ in compiled:
         assert torch.equal(out, static)
     assert counters["stats"]["unique_graphs"] >= 1  # it really was compiled
     if ON_GPU:
@@ -136,7 +137,8 @@ def test_compiled_decode_equals_eager_and_replays_cuda_graphs(monkeypatch):
     def sample(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
         with torch.no_grad():
-            return native.decode_static(dec, ids, mask, params, [tok.eos_token_id], tok.pad_token_id, compile_step=True)
+            return native.decode_static(dec, ids, mask, params, [tok.eos_token_id], tok.pad_token_id,
+                                        compile_step=True)[0]
 
     a, b, c = sample(3), sample(3), sample(4)
     assert torch.equal(a, b) and not torch.equal(a, c)
