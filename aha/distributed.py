@@ -68,7 +68,12 @@ def setup(device: str = "auto") -> tuple[Dist, str]:
 
 
 def shutdown(d: Dist) -> None:
+    """Leave the process group. Every rank first waits for all the others: a rank that tears down
+    its gloo connections while a peer is still finishing its last collective (or its own exit)
+    can abort that peer ("terminate called without an active exception", SIGABRT). Drop the DDP
+    wrapper before calling this, so no reducer still holds the group while it is destroyed."""
     if d.active and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

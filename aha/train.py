@@ -122,6 +122,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     if d.main:
         progress.close()
         logger.close()
+    learner.net = learner.model  # release DDP (its reducer holds the process group) before leaving the group
     distributed.shutdown(d)
     return run_dir
 

@@ -80,6 +80,7 @@ def main() -> None:
     if d.main:
         weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         torch.save({"weights": weights, "stats": stats, "world": d.world, "adv": advs}, out)
+    del net  # DDP's reducer holds the process group: release it before the group goes
     distributed.shutdown(d)
 
 
