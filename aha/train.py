@@ -40,7 +40,7 @@ from aha.optim import build_optimizer
 from aha.records import (CompletionRecord, StepTimes, UpdateStats, completion_records, probe_record, step_metrics,
                          variant_metrics)
 from aha.rollout import Rollout, SamplingParams, generate, render_prompt
-from aha.schedule import lr_lambda
+from aha.schedule import eval_due, lr_lambda
 from aha.seeding import sampling_seed, seed_rngs
 from aha.tasks import Example, Task, get_task
 from aha.update import Mismatch, policy_update
@@ -76,7 +76,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
     r = cfg.rollout
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
-    if cfg.eval_every and state["step"] == 0 and d.main:  # the untrained policy: the baseline to beat
+    if state["step"] == 0 and eval_due(0, cfg) and d.main:  # the untrained policy: the baseline to beat
         logger.log_metrics(0, held_out_eval(learner, task, cfg, logger, 0))
     learner.model.train()
 
@@ -102,7 +102,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             metrics = step_metrics(records, n_zero / n_groups, res.stats,
                                    learner.scheduler.get_last_lr()[0], times, state["epoch"], r.num_generations)
             metrics.update(res.extra)
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            if eval_due(step, cfg):
                 metrics.update(held_out_eval(learner, task, cfg, logger, step))
             log_step(logger, progress, cfg, step, metrics, records, lambda: probe(learner, task, cfg))
             # A run whose groups all carry equal rewards learns nothing: say so while it runs.

@@ -40,7 +40,7 @@ from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
 from aha.log import log_step, open_run
 from aha.records import StepTimes, UpdateStats, completion_records, probe_record, step_metrics, variant_metrics
-from aha.schedule import lr_lambda
+from aha.schedule import eval_due, lr_lambda
 from aha.tasks import get_task
 
 COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
@@ -103,7 +103,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         return generate(merged, mcfg, tokenizer, prompts, key, cfg.rollout.max_new_tokens, temperature,
                         cfg.rollout.top_p, cfg.rollout.top_k, lm.eos_ids, put)
 
-    if cfg.eval_every and state["step"] == 0:  # the untrained policy: the baseline to beat
+    if state["step"] == 0 and eval_due(0, cfg):  # the untrained policy: the baseline to beat
         logger.log_metrics(0, held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, 0))
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         metrics = step_metrics(records, float(zero_std.mean()), stats, lrs[-1], times, state["epoch"], G)
         # The torch loop's extra figures: no mismatch (NaN: the sampler returns no log-probs), no refill.
         metrics.update(variant_metrics(None, cfg.algo.drop_zero_std, 0, float((~zero_std).sum())))
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        if eval_due(step, cfg):
             metrics.update(held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, step))
         log_step(logger, progress, cfg, step, metrics, records, lambda: probe(sample, task, n_dev))
         nonfinite.record(step, stats.nonfinite)  # one warning; stops the run after max_nonfinite_steps in a row
