@@ -180,7 +180,7 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
     save(fig, ax, "rewards.png", "Reward per component (weighted, mean over the batch)", "Rewards", "reward")
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for key, color in (("accuracy", "C0"), ("format_rate", "C1")):
+    for row, (key, color) in enumerate((("accuracy", "C0"), ("format_rate", "C1"))):
         _plot(ax, series(rows, key), window, f"{key} (train)", color)
         ev = series(rows, f"eval/{key}")
         if ev[0]:
@@ -190,8 +190,9 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
         ax.axhline(thresholds[key], color=color, linestyle=":", linewidth=0.9)
         if aha.get(key) is not None:
             ax.axvline(aha[key], color=color, linestyle="--", linewidth=1.0)
-            ax.annotate(f" {key.split('_')[0]} @ {aha[key]}", (aha[key], 1.0), color=color, fontsize=8,
-                        va="top")
+            # one text row per marker: two aha steps a step apart would otherwise print over each other
+            ax.annotate(f" {key.split('_')[0]} @ {aha[key]}", (aha[key], 1.0 - 0.06 * row), color=color,
+                        fontsize=8, va="top")
     ev = series(rows, "eval/accuracy_lenient")
     if ev[0]:
         ax.plot(ev[0], ev[1], "^--", color="C2", markersize=5, label="accuracy (held-out, lenient)")

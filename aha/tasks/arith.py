@@ -23,8 +23,8 @@ import random
 from typing import Sequence
 
 from aha.tasks._common import check_split, check_template, templated
-from aha.tasks.base import Example, Messages, Task
-from aha.tasks.gsm8k import REWARDS, correctness_reward, lenient_correct, soft_format_reward
+from aha.tasks.base import Example, Messages
+from aha.tasks.gsm8k import REWARDS, NumberAnswerTask
 
 NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jack", "Lena", "Max", "Nia", "Omar"]
 ITEMS = ["apples", "books", "coins", "stickers", "marbles", "pens", "cards", "shells", "cookies", "stamps"]
@@ -98,7 +98,7 @@ def _example_system(rng: random.Random, op: str, answer: int, max_operand: int) 
             return EXAMPLE_SYSTEM.format(x=x, op=eop, y=y, r=SUM_OPS[eop](x, y))
 
 
-class Arith(Task):
+class Arith(NumberAnswerTask):
     """Generated arithmetic problems with GSM8K's rewards (same tags; weights overridable).
 
     Options: `problems` "word" | "sums"; `template` "chat" | "base"; `prompt_style`
@@ -185,12 +185,3 @@ class Arith(Task):
             system = _example_system(rng, op, answer, self.max_operand) if self.prompt_style == "example" else None
             rows.append((self.prompt(f"What is {a} {op} {b}?", system), str(answer)))
         return rows
-
-    def is_correct(self, completion: str, ex: Example) -> bool:
-        return correctness_reward(completion, ex) > 0
-
-    def is_correct_lenient(self, completion: str, ex: Example) -> bool:
-        return lenient_correct(completion, ex)
-
-    def is_formatted(self, completion: str, ex: Example) -> bool:
-        return soft_format_reward(completion, ex) > 0

@@ -180,7 +180,22 @@ REWARDS = {
 }
 
 
-class GSM8K(Task):
+class NumberAnswerTask(Task):
+    """A task whose answer is one number in `<answer>` tags, judged by GSM8K's number rules: right
+    when `correctness_reward` pays (the tagged number equals the gold), right leniently when the last
+    number written equals it (tags or not), formatted when `soft_format_reward` pays."""
+
+    def is_correct(self, completion: str, ex: Example) -> bool:
+        return correctness_reward(completion, ex) > 0
+
+    def is_correct_lenient(self, completion: str, ex: Example) -> bool:
+        return lenient_correct(completion, ex)
+
+    def is_formatted(self, completion: str, ex: Example) -> bool:
+        return soft_format_reward(completion, ex) > 0
+
+
+class GSM8K(NumberAnswerTask):
     """GSM8K with the first seed's five rewards. `template` is "base" (text) or "chat" (messages)."""
 
     name = "gsm8k"
@@ -220,15 +235,6 @@ class GSM8K(Task):
                 for i, row in enumerate(rows)
             ]
         return self._cache[split]
-
-    def is_correct(self, completion: str, ex: Example) -> bool:
-        return correctness_reward(completion, ex) > 0
-
-    def is_correct_lenient(self, completion: str, ex: Example) -> bool:
-        return lenient_correct(completion, ex)
-
-    def is_formatted(self, completion: str, ex: Example) -> bool:
-        return soft_format_reward(completion, ex) > 0
 
 
 def _load_hub(split: str) -> list[dict[str, Any]]:
