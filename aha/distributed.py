@@ -15,10 +15,12 @@ NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -73,8 +75,19 @@ def shutdown(d: Dist) -> None:
     can abort that peer ("terminate called without an active exception", SIGABRT). Drop the DDP
     wrapper before calling this, so no reducer still holds the group while it is destroyed."""
     if d.active and dist.is_initialized():
+        gc.collect()  # a dropped DDP wrapper caught in a reference cycle would outlive the group otherwise
         dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a torchrun worker whose work is done (its files closed, its group destroyed by
+    `shutdown`) without the interpreter's finalization. Tearing down torch's distributed C++ objects
+    during finalization can abort a finished rank now and then (gloo on CPU: SIGABRT, "terminate
+    called without an active exception"), and torchrun then reports a completed run as failed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def shard(items: list[Any], d: Dist) -> list[Any]:

@@ -82,6 +82,8 @@ def main() -> None:
         torch.save({"weights": weights, "stats": stats, "world": d.world, "adv": advs}, out)
     del net  # DDP's reducer holds the process group: release it before the group goes
     distributed.shutdown(d)
+    if d.active:
+        distributed.exit_process(0)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ WORKER = ROOT / "tests" / "dist_update_worker.py"
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "AHA_DEBUG": "1"}
+    # PYTHONFAULTHANDLER: a rank that dies of a signal (SIGABRT, SIGSEGV) prints where its threads were
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "AHA_DEBUG": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 def _torchrun(*args: str, n: int = 2) -> list[str]:
@@ -27,7 +28,7 @@ def _torchrun(*args: str, n: int = 2) -> list[str]:
 
 def _run(cmd: list[str]) -> None:
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-8000:]
 
 
 @pytest.mark.slow
