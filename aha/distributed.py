@@ -70,10 +70,10 @@ def setup(device: str = "auto") -> tuple[Dist, str]:
 
 
 def shutdown(d: Dist) -> None:
-    """Leave the process group. Every rank first waits for all the others: a rank that tears down
-    its gloo connections while a peer is still finishing its last collective (or its own exit)
-    can abort that peer ("terminate called without an active exception", SIGABRT). Drop the DDP
-    wrapper before calling this, so no reducer still holds the group while it is destroyed."""
+    """Leave the process group. Every rank first waits for all the others, so none tears its
+    connections down while a peer still uses them. Drop the DDP wrapper before calling this: its
+    reducer holds the group, which would then outlive `destroy_process_group` into the
+    interpreter's finalization (see `exit_process`)."""
     if d.active and dist.is_initialized():
         gc.collect()  # a dropped DDP wrapper caught in a reference cycle would outlive the group otherwise
         dist.barrier()

@@ -19,7 +19,8 @@ The rules (the README's task section states them too):
 - its exact value (Fractions) must equal the target.
 `is_correct` is `answer_reward == 1.0`, and the shaping rewards read the same literals, so the
 value and the numbers used always come from one reading of the answer.
-Deliberate departures from TinyZero, each tested in tests/test_countdown.py and tests/test_countdown_answers.py:
+Deliberate departures from TinyZero, each tested in tests/test_countdown.py and
+tests/test_countdown_answers.py:
 - no `eval`: answers go through `_safe_eval.evaluate` (length bound, an AST whitelist, exact
   Fractions). TinyZero's character regex lets `**` and `//` through, so `9**9**9**9` hangs its
   reward; here `**`, `//` and over-long answers score 0.1;
