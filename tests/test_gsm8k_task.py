@@ -152,6 +152,7 @@ def test_hub_failure_says_to_pass_data(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match=r"data=") as err:
         GSM8K().examples("test")
     assert "openai/gsm8k" in str(err.value) and "get_task('gsm8k', data=" in str(err.value)
+    assert "task_options.data=" in str(err.value) and "--data " in str(err.value)  # the CLI's two ways too
     assert isinstance(err.value.__cause__, ConnectionError)
 
 

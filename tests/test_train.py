@@ -172,6 +172,16 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path, toy_task, capsys):
+    run = train(toy_cfg(tmp_path / "r", "max_steps=2", "save_every=2"))
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert train(toy_cfg(run, "max_steps=2"), resume="latest") == run
+    err = capsys.readouterr().err
+    assert "already reached max_steps=2; nothing to train (pass max_steps=N with N > 2" in err
+    assert _snapshot(run) == before  # logs not trimmed, config.yaml and tb/ not rewritten
+
+
 def test_resume_compares_the_checkpoint_config(tmp_path: Path, toy_task, capsys):
     from aha.errors import CheckpointError, ConfigError
 

@@ -248,9 +248,9 @@ def _load_hub(split: str) -> list[dict[str, Any]]:
         raise DataError(
             f"could not load GSM8K from the Hugging Face hub ({HUB_ID}, config {HUB_CONFIG!r}): "
             f"{type(err).__name__}: {err}\n"
-            "Without network access, pass a local copy with the task option data=PATH, e.g. "
-            "get_task('gsm8k', data='gsm8k/test.jsonl') or "
-            "get_task('gsm8k', data={'train': 'gsm8k/train.jsonl', 'test': 'gsm8k/test.jsonl'}) "
-            "(JSONL or Parquet with 'question' and 'answer' columns)."
+            "Without network access, pass a local copy (JSONL or Parquet with 'question' and 'answer' "
+            "columns) as the task option data: `aha train ... task_options.data=gsm8k/train.jsonl`, "
+            "`aha eval ... --data gsm8k/test.jsonl`, or in Python get_task('gsm8k', data='gsm8k/test.jsonl') "
+            "or get_task('gsm8k', data={'train': 'gsm8k/train.jsonl', 'test': 'gsm8k/test.jsonl'})."
         ) from err
     return [{"question": r["question"], "answer": r["answer"]} for r in ds]
