@@ -21,6 +21,7 @@ import functools
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,17 @@ class Stopped(Exception):
         self.code = code
 
 
+def _holder_pid(fd: int, wait_s: float = 2.0) -> str:
+    """The pid the lock's holder wrote into it. A holder writes it just after taking the lock, so a
+    trainer started at the same moment can find the file still empty: wait a little for it."""
+    for _ in range(int(wait_s / 0.05)):
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if pid:
+            return pid
+        time.sleep(0.05)
+    return "unknown"
+
+
 class RunLock:
     """Exclusive lock on RUN_DIR/.lock (see the module docstring). Creates RUN_DIR if needed and,
     when the run leaves nothing else in it (a refused start), removes it again on release."""
@@ -66,7 +78,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                holder = _holder_pid(fd)
                 os.close(fd)
                 self._remove_created()
                 raise RunDirError(f"{self.run_dir} is in use by another trainer (pid {holder}); wait for it to "
