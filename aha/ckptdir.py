@@ -59,14 +59,8 @@ def writing(run_dir: Path, step: int) -> Iterator[Path]:
 def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
     """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
     (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
-    final = Path(run_dir) / "checkpoints" / f"step-{step}"
-    aside = final.with_name(f"{fsio.TRASH_PREFIX}{final.name}-{os.getpid()}")
-    if final.exists():  # re-saving a step after a resume: swap the new one in, then delete the old
-        fsio.remove_tree(aside)
-        os.replace(final, aside)
-    os.rename(tmp, final)
-    fsio.fsync_dir(final.parent)
-    fsio.remove_tree(aside)
+    # re-saving a step after a resume swaps the new one in, then deletes the old
+    final = fsio.replace_dir(tmp, Path(run_dir) / "checkpoints" / f"step-{step}")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         fsio.remove_tree(old)
     return final

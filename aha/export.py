@@ -34,6 +34,7 @@ from typing import Any
 
 from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE
 from aha.errors import CheckpointError, ConfigError
+from aha.fsio import replace_dir
 from aha.model_card import model_card
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -97,9 +98,7 @@ def export(source: str | Path, out: str | Path, adapter_only: bool = False, dtyp
             notes = write_merged(src, tmp, dtype, model)
         (tmp / "README.md").write_text(model_card(src, out.name, adapter_only, notes))
         _readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        replace_dir(tmp, out)  # with --overwrite, the old export goes only once the new one is in place
         done = True
     finally:  # a failed export leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)

@@ -105,6 +105,21 @@ def remove_tree(path: str | Path) -> None:
     _delete(aside)
 
 
+def replace_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Move the finished directory `tmp` to `final`, replacing whatever is there: the old one is
+    renamed aside first and deleted only after the new one is in place, so a kill at any moment
+    leaves the old or the new under `final` (and at worst a `.aha-trash-*` entry), never neither."""
+    tmp, final = Path(tmp), Path(final)
+    aside = final.with_name(f"{TRASH_PREFIX}{final.name}-{os.getpid()}")
+    if final.exists() or final.is_symlink():
+        remove_tree(aside)
+        os.replace(final, aside)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    remove_tree(aside)
+    return final
+
+
 def _delete(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

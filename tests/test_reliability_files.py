@@ -185,3 +185,14 @@ def test_eval_on_an_empty_file_is_refused(tmp_path, capsys):
     refused(capsys, ["eval", "--model", "random:tiny-qwen2", "--task", "gsm8k", "--data", str(empty),
                      "--json", str(tmp_path / "out.json")], "0 test examples")
     assert sorted(os.listdir(tmp_path)) == ["test.jsonl"]
+
+
+def test_replace_dir_swaps_a_directory_in_whole(tmp_path):
+    final = tmp_path / "out"
+    for content in ("old", "new"):  # first into nothing, then over the old one
+        tmp = tmp_path / f".tmp-{content}"
+        tmp.mkdir()
+        (tmp / "f.txt").write_text(content)
+        assert fsio.replace_dir(tmp, final) == final
+        assert (final / "f.txt").read_text() == content and not tmp.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing aside left behind
