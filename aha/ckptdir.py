@@ -117,6 +117,18 @@ def checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool,
     return None
 
 
+def finished_note(path: Path | None, cfg: Any) -> str | None:
+    """The line to print, and stop on, when the checkpoint to resume already reached `cfg.max_steps`:
+    nothing to train, and nothing in the run directory is touched. None otherwise (and for a fresh run)."""
+    if path is None:
+        return None
+    step = read_meta(path)["step"]
+    if step < cfg.max_steps:
+        return None
+    return (f"aha: the run in {cfg.output_dir} already reached max_steps={cfg.max_steps}; nothing to train "
+            f"(pass max_steps=N with N > {step} to continue it)")
+
+
 def check_config(path: Path, current: dict[str, Any]) -> str | None:
     """Compare the config a checkpoint was trained with (its config.yaml) with the current one
     (`Config.to_dict()`), before anything is loaded or written. A change the saved state cannot

@@ -29,7 +29,7 @@ import yaml
 
 from aha import checkpoint, distributed, guards, rundir
 from aha.algo import compute_advantages, overlong_penalty
-from aha.ckptdir import checkpoint_to_resume
+from aha.ckptdir import checkpoint_to_resume, finished_note
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
 from aha.dynamic_sampling import Sampled, dynamic_sample, has_spread
@@ -56,6 +56,12 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                           f"(a group never spans ranks); make it a multiple of --nproc-per-node")
     run_dir = Path(cfg.output_dir)
     ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify, cfg)
+    finished = finished_note(ckpt_path, cfg)
+    if finished:  # nothing to train: touch nothing (no log trim, no config rewrite), load no model
+        if d.main:
+            print(finished, file=sys.stderr)
+        distributed.shutdown(d)
+        return run_dir
     seed_rngs(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -70,13 +76,6 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                                      rank=d.rank, world=d.world))
         if d.main:
             print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
-        if state["step"] >= cfg.max_steps:  # a finished run: touch nothing (no log trim, no config rewrite)
-            if d.main:
-                print(f"aha: the run in {run_dir} already reached max_steps={cfg.max_steps}; nothing to train "
-                      f"(pass max_steps=N with N > {state['step']} to continue it)", file=sys.stderr)
-            learner.net = learner.model
-            distributed.shutdown(d)
-            return run_dir
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     if d.main:  # rank 0 writes everything on disk; every check has passed, so --overwrite replaces the old run now
         logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)

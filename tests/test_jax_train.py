@@ -40,6 +40,11 @@ def test_cli_smoke_run_checkpoint_and_resume(tmp_path: Path, capsys):
                  "--resume"]) == 0
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
     assert "resumed from" in capsys.readouterr().err
+    # resuming the finished run says so and changes no byte, as on the torch backend
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert main(["train", "-c", "smoke", f"output_dir={out}", "max_steps=3", *SMOKE, "--resume"]) == 0
+    assert "already reached max_steps=3; nothing to train" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
     # the torch path (aha eval / aha play) loads the JAX run's adapter onto the same base
     from aha.trained import load_trained
 

@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from aha import guards, rundir
-from aha.ckptdir import checkpoint_to_resume
+from aha.ckptdir import checkpoint_to_resume, finished_note
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
 from aha.log import log_step, open_run
@@ -61,6 +61,10 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
     run_dir = Path(cfg.output_dir)
     ckpt_path = checkpoint_to_resume(run_dir, resume, overwrite, checkpoint.verify, cfg)
+    finished = finished_note(ckpt_path, cfg)
+    if finished:  # nothing to train: touch nothing (no log trim, no config rewrite), load no model
+        print(finished, file=sys.stderr)
+        return run_dir
     random.seed(cfg.seed)
     mesh = make_mesh()
     n_dev = mesh.devices.size
