@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from aha.errors import ConfigError
+from aha.errors import ConfigError, did_you_mean
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -168,10 +168,8 @@ def preset_path(name_or_path: str) -> Path:
     if candidate.exists():
         return candidate
     presets = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
-    close = difflib.get_close_matches(name_or_path, presets, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"no config {name_or_path!r}{hint}: not a YAML file and not a preset "
-                      f"(presets: {', '.join(presets)})")
+    raise ConfigError(f"no config {name_or_path!r}{did_you_mean(name_or_path, presets)}: not a YAML file and not "
+                      f"a preset (presets: {', '.join(presets)})")
 
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> Config:
@@ -240,7 +238,7 @@ def set_key(obj: Any, dotted: str, value: Any, full_name: str | None = None) -> 
     head, _, rest = dotted.partition(".")
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if head not in fields:
-        # a typo (difflib) or a shortened name (the same first three letters)
+        # a typo (difflib), else a shortened name (every key with the same first three letters)
         close = difflib.get_close_matches(head, fields, n=2) or [k for k in fields if k.startswith(head[:3])]
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"unknown config key {name!r}{hint}; known keys here: {', '.join(fields)}")

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import inspect
 import math
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aha.errors import AhaError, ConfigError, DataError, ModelError
+from aha.errors import AhaError, ConfigError, DataError, ModelError, did_you_mean
 
 # A rolled-back update needs a copy of the trainable weights from before the step; above this
 # size (full fine-tuning of a large model) the copy is not kept and an overflow stops the run.
@@ -98,8 +97,7 @@ def check_task_options(name: str, cls: type, options: dict[str, Any]) -> dict[st
     known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = [k for k in options if k not in known]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(unknown[0], known)
         raise ConfigError(f"task {name!r} does not accept the option {', '.join(map(repr, unknown))}{hint}; "
                           f"its options: {', '.join(known) or 'none'} (task_options.KEY=VALUE; --task-option "
                           "KEY=VALUE for aha eval/play)")
