@@ -124,7 +124,8 @@ def _num(v: Any) -> bool:
 
 
 def correct_vs_incorrect(completions: Sequence[dict[str, Any]], eval_rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Length (tokens) and reflection-phrase rate of correct vs incorrect completions."""
+    """Length (tokens), reflection-phrase rate and (where the task counts them) the share with
+    intermediate steps, of correct vs incorrect completions."""
     from aha.log import has_reflection
 
     train = [r for r in completions if not r.get("probe") and isinstance(r.get("correct"), bool)
@@ -151,5 +152,10 @@ def correct_vs_incorrect(completions: Sequence[dict[str, Any]], eval_rows: Seque
           "| mean length (tokens) | " + " | ".join(
               mean([float(r["length"]) for r in rs if isinstance(r.get("length"), (int, float))]) for _, rs in cols)
           + " |",
-          "| reflection-phrase rate | " + " | ".join(rate(rs) for _, rs in cols) + " |", ""]
-    return md
+          "| reflection-phrase rate | " + " | ".join(rate(rs) for _, rs in cols) + " |"]
+    if any(isinstance(r.get("steps"), int) for _, rs in cols for r in rs):  # the task counts reasoning steps
+        def with_steps(rs: list[dict[str, Any]]) -> str:
+            counted = [r["steps"] for r in rs if isinstance(r.get("steps"), int)]
+            return f"{100 * sum(s > 0 for s in counted) / len(counted):.1f}%" if counted else "-"
+        md.append("| with intermediate steps | " + " | ".join(with_steps(rs) for _, rs in cols) + " |")
+    return md + [""]
