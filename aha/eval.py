@@ -1,8 +1,13 @@
-"""Held-out evaluation: pass@1, pass@k and maj@k, format rate, length, reflection rate.
+"""Held-out evaluation: pass@1, pass@k and maj@k, format rate, length, reflection rate, reasoning steps.
 
 `evaluate` is what both the trainer's periodic eval and `aha eval` call; it generates with the
 rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores with the task's own
 `is_correct` / `is_formatted`, never reading `Example.target`.
+
+- `accuracy_lenient`: right by `Task.is_correct_lenient` or by `is_correct`, so never below
+  `accuracy`. Reasoning steps (`Task.reasoning_steps`, where the task defines them): `steps_share`,
+  `steps_mean`, and the strict accuracy of completions with and without steps
+  (`aha.log.reasoning_metrics`).
 
 - temperature 0 (the default): one greedy completion per problem; `accuracy` is pass@1.
 - `samples=K` with temperature > 0: K completions per problem. `accuracy` is the mean
@@ -62,13 +67,18 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
               truncated: Sequence[bool], samples: int = 1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-completion rows from `samples` completions per example (adjacent in `texts`)."""
     n, K = len(examples), samples
+    from aha.log import reasoning_metrics, reflection_rate
+    from aha.records import reasoning_steps
+
     correct = [bool(task.is_correct(t, examples[i // K])) for i, t in enumerate(texts)]
     # A task that does not subclass Task may lack the lenient grader: it then grades as is_correct.
     grade_lenient = getattr(task, "is_correct_lenient", task.is_correct)
-    lenient = [bool(grade_lenient(t, examples[i // K])) for i, t in enumerate(texts)]
+    # Lenient is the looser reading: right by it or by the strict grader (a user task's lenient
+    # method that misses what its strict one accepts cannot make lenient accuracy the lower one).
+    lenient = [c or bool(grade_lenient(t, examples[i // K])) for i, (t, c) in enumerate(zip(texts, correct))]
     formatted = [bool(task.is_formatted(t, examples[i // K])) for i, t in enumerate(texts)]
+    steps = [reasoning_steps(task, t, examples[i // K]) for i, t in enumerate(texts)]
     total = max(len(texts), 1)
-    from aha.log import reflection_rate
 
     metrics: dict[str, Any] = {
         "n": n,
@@ -78,6 +88,8 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
         "completion_len": sum(lengths) / total,
         "reflection_rate": reflection_rate(list(texts)),
         "truncated_rate": sum(bool(t) for t in truncated) / total,
+        # steps_share, steps_mean, accuracy_with_steps / _without_steps (strict), where the task defines steps
+        **reasoning_metrics(steps, correct),
     }
     if K > 1:
         per_example = [sum(correct[i * K:(i + 1) * K]) for i in range(n)]
@@ -89,8 +101,8 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
             maj += winner is not None and correct[i * K + winner]
         metrics[f"maj@{K}"] = maj / max(n, 1)
     rows = [{"id": examples[i // K].id, "sample": i % K, "completion": t, "correct": c, "correct_lenient": le,
-             "formatted": f, "length": int(n)}
-            for i, (t, c, le, f, n) in enumerate(zip(texts, correct, lenient, formatted, lengths))]
+             "formatted": f, "length": int(n), **({} if st is None else {"steps": st})}
+            for i, (t, c, le, f, n, st) in enumerate(zip(texts, correct, lenient, formatted, lengths, steps))]
     return metrics, rows
 
 
@@ -119,8 +131,8 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
              save_completions: bool = False, progress: bool = False) -> dict[str, Any]:
     """Generate on the first `limit` examples of `split` and score them (see the module docstring).
 
-    Returns the metrics (n, accuracy, format_rate, completion_len, reflection_rate, truncated_rate,
-    and pass@k / maj@k when samples > 1), plus "rows" when save_completions. Sampling draws from
+    Returns the metrics (n, accuracy, accuracy_lenient, format_rate, completion_len, reflection_rate,
+    truncated_rate, the steps_* figures where the task defines steps, and pass@k / maj@k when samples > 1), plus "rows" when save_completions. Sampling draws from
     a private RNG seeded with `seed`, so the caller's (the trainer's) random stream is untouched.
     `engine`: an `aha.rollout.engine.Engine` the caller owns (the trainer's), or a name from
     aha/engines.py: that engine is built once for this call and closed at its end.

@@ -2,7 +2,8 @@
 W&B, Trackio: aha/trackers.py), the progress bar, and the "aha" metric - how often completions
 reflect on their own work. Both backends' loops open and write their run through `open_run` and `log_step`.
 
-The reflection phrases live in one list, here; eval and report import it from here.
+The reflection phrases live in one list, here, and the reasoning-steps figures are computed here
+(`reasoning_metrics`); the step records, eval and report import them from here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ def has_reflection(text: str) -> bool:
 
 def reflection_rate(texts: Sequence[str]) -> float:
     return sum(has_reflection(t) for t in texts) / len(texts) if texts else 0.0
+
+
+def reasoning_metrics(steps: Sequence[int | None], correct: Sequence[bool]) -> dict[str, float]:
+    """Whether completions reason in steps, and whether that pays, from `Task.reasoning_steps` per
+    completion and its correctness (the same order). {} when the task defines no steps (all None).
+
+    steps_share: share of completions with at least one intermediate step; steps_mean: mean steps
+    per completion; accuracy_with_steps / accuracy_without_steps: accuracy among completions with
+    >= 1 step / with none (NaN when there is no such completion; metrics.jsonl writes it as null).
+    """
+    pairs = [(s, c) for s, c in zip(steps, correct) if s is not None]
+    if not pairs:
+        return {}
+    with_steps = [c for s, c in pairs if s > 0]
+    without = [c for s, c in pairs if s <= 0]
+    return {
+        "steps_share": len(with_steps) / len(pairs),
+        "steps_mean": sum(s for s, _ in pairs) / len(pairs),
+        "accuracy_with_steps": sum(with_steps) / len(with_steps) if with_steps else math.nan,
+        "accuracy_without_steps": sum(without) / len(without) if without else math.nan,
+    }
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from aha.log import reflection_rate
+from aha.log import reasoning_metrics, reflection_rate
 from aha.tasks import Example, Task, reward_means
 
 
@@ -29,11 +29,13 @@ class CompletionRecord:
     length: int  # completion tokens, EOS included
     truncated: bool  # hit max_new_tokens without EOS
     answer: str  # Task.final_answer, or the stripped text without one: what answer_collapse compares
+    steps: int | None = None  # Task.reasoning_steps: intermediate results written; None = not defined
 
     def logged(self) -> dict[str, Any]:
-        """The fields completions.jsonl keeps."""
-        return {"prompt_id": self.prompt_id, "completion": self.completion, "reward": self.reward,
-                "rewards": self.rewards, "correct": self.correct, "length": self.length}
+        """The fields completions.jsonl keeps ("steps" only where the task defines them)."""
+        row = {"prompt_id": self.prompt_id, "completion": self.completion, "reward": self.reward,
+               "rewards": self.rewards, "correct": self.correct, "length": self.length}
+        return row if self.steps is None else {**row, "steps": self.steps}
 
 
 @dataclass
@@ -70,8 +72,15 @@ def completion_records(task: Task, examples: Sequence[Example], texts: Sequence[
     """One record per completion; `examples[i]` is the prompt of `texts[i]`. `lengths` (N,) and
     `truncated` (N,): a torch tensor, numpy array or list."""
     return [CompletionRecord(ex.id, text, total, parts, task.is_correct(text, ex), task.is_formatted(text, ex),
-                             int(n), bool(tr), task.final_answer(text) or text.strip())
+                             int(n), bool(tr), task.final_answer(text) or text.strip(), reasoning_steps(task, text, ex))
             for ex, text, (total, parts), n, tr in zip(examples, texts, scores, lengths, truncated)]
+
+
+def reasoning_steps(task: Any, text: str, ex: Example) -> int | None:
+    """`task.reasoning_steps(text, ex)`, or None for a task object without the method (duck-typed tasks
+    that do not subclass Task, as eval allows)."""
+    fn = getattr(task, "reasoning_steps", None)
+    return fn(text, ex) if fn is not None else None
 
 
 def answer_collapse(records: Sequence[CompletionRecord], G: int) -> float:
@@ -92,7 +101,9 @@ def probe_record(task: Task, ex: Example, text: str) -> dict[str, Any]:
 
 
 def rollout_metrics(records: Sequence[CompletionRecord]) -> dict[str, float]:
-    """Reward, accuracy, format and length figures of a step's completions (all ranks' records)."""
+    """Reward, accuracy, format and length figures of a step's completions (all ranks' records), the
+    reflection rate, and the reasoning-steps figures (`aha.log.reasoning_metrics`) where the task
+    defines steps."""
     rewards = torch.tensor([r.reward for r in records])
     lengths = torch.tensor([float(r.length) for r in records])
     n = len(records)
@@ -103,6 +114,7 @@ def rollout_metrics(records: Sequence[CompletionRecord]) -> dict[str, float]:
         "completion_len": lengths.mean().item(), "completion_len_max": lengths.max().item(),
         "truncated_rate": sum(r.truncated for r in records) / n,
         "reflection_rate": reflection_rate([r.completion for r in records]),
+        **reasoning_metrics([r.steps for r in records], [r.correct for r in records]),
     }
 
 

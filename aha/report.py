@@ -5,13 +5,16 @@ Agg backend: no display needed) and `report.md`, which embeds them by relative p
 
 - first, the result: held-out accuracy of the untrained policy (the step-0 eval) against the
   trained one (the last eval), same problems and greedy decoding, under the strict grader (the
-  answer in the required format: what the rewards pay for) and the lenient one (the last number
-  written), so a gain from format alone is told apart from better answers;
+  answer in the required format: what the rewards pay for) and the lenient one (the final answer,
+  format aside), so a gain from format alone is told apart from better answers; with the share of
+  completions that write intermediate steps and their length, and a verdict that says "reasoning
+  emerged" only when steps and accuracy rose together beyond chance (aha/report_result.py);
 - length and reflection-phrase rate of correct vs incorrect completions;
 - the "aha" steps: the first step where the *smoothed* format rate, accuracy and reflection-phrase
   rate reach their thresholds (defaults 0.5, 0.2, 0.1; flags change them), or "not reached" with
   the best value. Smoothing is a trailing moving average, so a crossing never peeks at later steps;
 - a summary table (first, last and best smoothed value of the main metrics);
+- plots, among them the held-out evals on one step axis: accuracy (strict, lenient), steps share, length;
 - one prompt's completion early, in the middle and late in the run. Rows the trainer marks
   `"probe": true` (a fixed held-out prompt, greedy) are used when present; otherwise the prompt id
   seen at the most widely spread steps; otherwise (no prompt seen twice) any completions from an
@@ -200,6 +203,14 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
     save(fig, ax, "accuracy.png", "Accuracy and format rate", "Accuracy and format rate (dotted: thresholds, "
          "dashed: the aha steps)", "fraction of completions")
 
+    held_out = reasoning_plot(rows, plt)
+    if held_out is not None:
+        fig, ax = held_out
+        save(fig, ax, "held_out.png", "Held-out: accuracy, steps and length (greedy, every eval)",
+             "Held-out accuracy (strict, lenient), share of completions with intermediate steps, and mean "
+             "completion length (right axis): reasoning that emerges shows steps and accuracy rising together",
+             "fraction of held-out problems")
+
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     _plot(ax, series(rows, "completion_len"), window, "mean", "C2")
     mx = series(rows, "completion_len_max")
@@ -241,6 +252,30 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
     return made
 
 
+def reasoning_plot(rows: Sequence[dict[str, Any]], plt: Any) -> tuple[Any, Any] | None:
+    """(figure, axes) of the held-out evals on one step axis: strict and lenient accuracy and the
+    steps share (left, fractions), mean completion length (right, tokens); None without evals."""
+    curves = [("eval/accuracy", "accuracy, strict", "C3", "o-"), ("eval/accuracy_lenient", "accuracy, lenient", "C2", "^--"),
+              ("eval/steps_share", "completions with steps", "C0", "s-")]
+    if not series(rows, "eval/accuracy")[0]:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for key, label, color, style in curves:
+        s = series(rows, key)
+        if s[0]:
+            ax.plot(s[0], s[1], style, color=color, markersize=5, linewidth=1.8, label=label)
+    ax.set_ylim(-0.02, 1.05)
+    length = series(rows, "eval/completion_len")
+    if length[0]:
+        right = ax.twinx()
+        right.plot(length[0], length[1], "d:", color="C7", markersize=5, linewidth=1.4)
+        right.set_ylabel("tokens")
+        right.set_ylim(0, max(length[1]) * 1.15 + 1)
+        # an empty twin on the left axis puts the length into its legend (`_finish` draws that one)
+        ax.plot([], [], "d:", color="C7", markersize=5, linewidth=1.4, label="mean length (tokens, right axis)")
+    return fig, ax
+
+
 # ---------------------------------------------------------------------------- report.md
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window: int = 0,
@@ -256,7 +291,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, window:
     window = window or default_window(len(rows))
     # Eval points are already means over many problems and are sparse: they are not smoothed.
     keys = ("reward", "accuracy", "format_rate", "completion_len", "reflection_rate", "truncated_rate",
-            "answer_collapse", "frac_zero_std", "eval/accuracy", "eval/accuracy_lenient", "eval/format_rate")
+            "answer_collapse", "frac_zero_std", "steps_share", "eval/accuracy", "eval/accuracy_lenient",
+            "eval/format_rate", "eval/steps_share", "eval/completion_len")
     smoothed = {k: _smooth(series(rows, k), 1 if k.startswith("eval/") else window) for k in keys}
     aha = {k: first_crossing(smoothed[k], th[k]) for k in th}
     plots = make_plots(rows, out, window, aha, th)

@@ -178,7 +178,7 @@ def test_report_leads_with_held_out_accuracy_before_and_after(tmp_path):
     result = md.index("## Held-out result")
     assert result < md.index("## The aha steps") and result < md.index("## Summary")
     assert "| strict: answer in the required format | 4.0% | 60.0% | +56.0 points |" in md
-    assert "| lenient: the last number written | 50.0% | 66.0% | +16.0 points |" in md
+    assert "| lenient: the final answer, format aside | 50.0% | 66.0% | +16.0 points |" in md
     assert "more right answers" in md
     # correct vs incorrect: the final eval's two correct completions are 10 tokens and reflect, the others not
     assert "held-out eval at step 100, correct" in md
@@ -196,3 +196,78 @@ def test_report_calls_a_format_only_gain_format(tmp_path):
 def test_report_without_a_step_0_eval_says_how_to_get_one(tmp_path):
     md = write_report(write_run(tmp_path / "run"), window=1).read_text()
     assert "eval_every > 0" in md
+
+
+# ---------------------------------------------------------------------------- the verdict (issue 21)
+
+def _verdict(before: dict, after: dict, n: int = 200) -> str:
+    """result_section on two hand-made eval rows (step 0 and step 40): its text."""
+    from aha.report_result import result_section
+
+    rows = [{"step": 0, "eval/n": n, **before}, {"step": 20}, {"step": 40, "eval/n": n, **after}]
+    return "\n".join(result_section(rows))
+
+
+def _ev(strict: float, lenient: float, steps: float | None = None, length: float = 20.0) -> dict:
+    row = {"eval/accuracy": strict, "eval/accuracy_lenient": lenient, "eval/completion_len": length,
+           "eval/format_rate": 0.9}
+    return row if steps is None else {**row, "eval/steps_share": steps}
+
+
+@pytest.mark.parametrize("before, after, says, never", [
+    # steps and lenient accuracy rose together beyond the ~7 points of 200 problems
+    (_ev(0.2, 0.4, 0.05), _ev(0.7, 0.75, 0.6, 45.0), "**Reasoning emerged**", "format**"),
+    # better answers, the steps share flat
+    (_ev(0.2, 0.4, 0.05), _ev(0.7, 0.75, 0.08), "**more right answers**", "Reasoning emerged"),
+    # steps without accuracy
+    (_ev(0.2, 0.4, 0.05), _ev(0.22, 0.42, 0.5), "**Steps without accuracy**", "Reasoning emerged"),
+    # format only: strict up, lenient and steps within chance
+    (_ev(0.05, 0.5, 0.0), _ev(0.5, 0.52, 0.02), "mostly **format**", "Reasoning emerged"),
+    # nothing moved beyond chance
+    (_ev(0.3, 0.4, 0.1), _ev(0.33, 0.41, 0.12), "**Nothing beyond chance**", "Reasoning emerged"),
+    # both graders fell
+    (_ev(0.5, 0.6), _ev(0.2, 0.3), "**Worse than untrained**", "Reasoning emerged"),
+    # a task without steps: better answers, and the verdict says steps are not defined
+    (_ev(0.2, 0.4), _ev(0.7, 0.75), "defines no reasoning steps", "Reasoning emerged"),
+])
+def test_each_verdict_branch(before, after, says, never):
+    md = _verdict(before, after)
+    assert says in md and never not in md
+
+
+def test_a_strict_rise_with_a_lenient_fall_is_described_as_it_happened():
+    """The issue's case: strict +77, lenient -11.5 used to print 'lenient only -11.5 (within the ~7
+    points chance allows)'."""
+    md = _verdict(_ev(0.025, 0.54), _ev(0.795, 0.425))
+    assert "within" not in md and "lenient only" not in md
+    assert "lenient accuracy fell 11.5 points" in md and "fewer final answers are right" in md
+    assert "lenient accuracy is below strict at step(s) 40" in md  # the old grader's figures, said so
+
+
+def test_reasoning_emerged_needs_both_beyond_the_chance_band():
+    # +6 points on 200 problems is inside the ~7-point band: no claim
+    md = _verdict(_ev(0.2, 0.4, 0.05), _ev(0.26, 0.46, 0.11))
+    assert "Reasoning emerged" not in md and "Nothing beyond chance" in md
+    # on 10,000 problems the band is 1 point: the same change is real
+    assert "Reasoning emerged" in _verdict(_ev(0.2, 0.4, 0.05), _ev(0.26, 0.46, 0.11), n=10_000)
+
+
+def test_the_result_table_shows_steps_length_and_with_vs_without(tmp_path):
+    before = {**_ev(0.2, 0.4, 0.05, 18.0), "eval/accuracy_with_steps": None, "eval/accuracy_without_steps": 0.2}
+    after = {**_ev(0.7, 0.75, 0.6, 45.0), "eval/accuracy_with_steps": 0.8, "eval/accuracy_without_steps": 0.55}
+    md = _verdict(before, after)
+    assert "| completions with intermediate steps | 5.0% | 60.0% | +55.0 points |" in md
+    assert "| mean length | 18.0 tokens | 45.0 tokens | +27.0 tokens |" in md
+    assert "step 0: - (none) vs 20.0%; step 40: 80.0% vs 55.0%" in md
+
+
+def test_report_plots_held_out_accuracy_steps_and_length_on_one_axis(tmp_path):
+    run = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        if "eval/accuracy" in r:
+            r.update({"eval/accuracy_lenient": r["eval/accuracy"] + 0.1, "eval/steps_share": r["step"] / 200,
+                      "eval/completion_len": 20 + r["step"] / 5, "eval/n": 200})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = write_report(run, window=1).read_text()
+    assert (run / "report" / "held_out.png").stat().st_size > 10_000 and "](held_out.png)" in md

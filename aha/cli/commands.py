@@ -159,7 +159,8 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
                       seed=args.seed, save_completions=args.save_completions, progress=True)
     rows = result.pop("rows", None)
     record = {
-        **result,
+        # JSON has no NaN (accuracy_with_steps when no completion wrote steps): null, as metrics.jsonl
+        **{k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()},
         "model": args.model or cfg.get("model"), "checkpoint": args.checkpoint, "adapter": args.adapter,
         "task": name, "task_options": options, "split": args.split,
         "limit": args.limit, "samples": args.samples, "temperature": temperature, "top_p": args.top_p,
@@ -188,11 +189,15 @@ def format_table(record: dict[str, Any], label: str) -> str:
             f"max_new_tokens {record['max_new_tokens']}, {record['eval_time']:.1f} s")
     keys = ["accuracy", "accuracy_lenient"] + [k for k in record if k.startswith(("pass@", "maj@"))]
     keys += ["format_rate", "completion_len", "reflection_rate", "truncated_rate"]
+    keys += [k for k in ("steps_share", "steps_mean", "accuracy_with_steps", "accuracy_without_steps") if k in record]
     width = max(len(k) for k in keys)
     lines = [head, f"  {'metric'.ljust(width)}  value", f"  {'-' * width}  -------"]
     for k in keys:
         v = record[k]
-        lines.append(f"  {k.ljust(width)}  {v:.1f}" if k == "completion_len" else f"  {k.ljust(width)}  {v:.4f}")
+        if v is None:  # accuracy_with_steps when no completion wrote steps
+            lines.append(f"  {k.ljust(width)}  -")
+        else:
+            lines.append(f"  {k.ljust(width)}  {v:.1f}" if k == "completion_len" else f"  {k.ljust(width)}  {v:.4f}")
     return "\n".join(lines)
 
 

@@ -54,10 +54,19 @@ class Task:
         raise NotImplementedError
 
     def is_correct_lenient(self, completion: str, ex: Example) -> bool:
-        """A looser reading of the answer, ignoring the required format (for number answers: the
-        last number written). Reported beside `is_correct` so that a gain from format alone shows.
-        Tasks with no looser reading grade as `is_correct`."""
+        """A looser reading of the model's final answer, ignoring the required format (for number
+        answers: the answer block read loosely, else the last number written; never text after the
+        answer). Reported beside `is_correct` so that a gain from format alone shows. Tasks with no
+        looser reading grade as `is_correct`. Eval counts a completion lenient-correct when either
+        method says correct, so lenient accuracy is never below strict."""
         return self.is_correct(completion, ex)
+
+    def reasoning_steps(self, completion: str, ex: Example) -> int | None:
+        """How many intermediate results the completion writes before its final answer (for
+        arithmetic: statements `a op b = c` whose c is not the answer), or None where the task does
+        not define steps (the default). The `steps_*` metrics (`aha.log.reasoning_metrics`) come from
+        it; it must be pure, never raise, and take linear time whatever the text."""
+        return None
 
     def is_formatted(self, completion: str, ex: Example) -> bool:
         """Whether the task accepts the completion's format (the `format_rate` metric)."""

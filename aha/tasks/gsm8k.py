@@ -30,8 +30,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
-from aha.tasks._common import (CLOSE, OPEN, check_split, check_template, last_answer, parse_number, prefill_of,
-                               read_rows, resolve_path, templated)
+from aha.tasks._common import (CLOSE, OPEN, arithmetic_steps, check_split, check_template, final_number, last_answer,
+                               parse_number, prefill_of, read_rows, resolve_path, templated)
+from aha.tasks._common import last_number  # noqa: F401  (re-exported: its home before the graders shared it)
 from aha.errors import DataError
 from aha.tasks.base import Example, Messages, Task
 
@@ -147,26 +148,16 @@ def xmlcount_reward(completion: str, ex: Example) -> float:
     return min(1.0, max(0.0, score))
 
 
-# A number as people write it in running text: optional sign, digits with optional thousands
-# groups, optional decimals. Linear to scan (no nested ambiguity).
-_NUMBER_IN_TEXT = re.compile(r"-?[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?")
-
-
-def last_number(text: str) -> str | None:
-    """The last number written anywhere in `text` (normalised like an answer), or None."""
-    last = None
-    for m in _NUMBER_IN_TEXT.finditer(text):
-        last = m.group()
-    return normalize_number(last) if last is not None else None
-
-
 def lenient_correct(completion: str, ex: Example) -> bool:
-    """The lenient grader: the last number the model wrote equals the gold, tags or not.
+    """The lenient grader: the model's final answer equals the gold, whatever the format.
 
-    Not a reward: it tells format learning apart from answer learning (DESIGN "What counts as
-    learning"). Only the completion is read, never the prompt's pre-fill.
+    The final answer is `_common.final_number`: the content of the last complete `<answer>` block
+    (the block strict grading reads; a number by the same rule, or else the last number inside
+    it), else the last number the completion writes. Text after `</answer>` is never read, so a
+    strict-correct completion is always lenient-correct. Not a reward: it tells format learning
+    apart from answer learning (DESIGN "What counts as learning").
     """
-    got = last_number(completion)
+    got = final_number(completion, prefill_of(ex))
     gold = normalize_number(str(ex.target))
     return got is not None and gold is not None and Decimal(got) == Decimal(gold)
 
@@ -182,14 +173,22 @@ REWARDS = {
 
 class NumberAnswerTask(Task):
     """A task whose answer is one number in `<answer>` tags, judged by GSM8K's number rules: right
-    when `correctness_reward` pays (the tagged number equals the gold), right leniently when the last
-    number written equals it (tags or not), formatted when `soft_format_reward` pays."""
+    when `correctness_reward` pays (the tagged number equals the gold), right leniently when the final
+    answer does (`lenient_correct`: the answer block read loosely, else the last number; tags or not),
+    formatted when `soft_format_reward` pays; its reasoning steps are the arithmetic statements with
+    an intermediate result (`_common.arithmetic_steps`)."""
 
     def is_correct(self, completion: str, ex: Example) -> bool:
         return correctness_reward(completion, ex) > 0
 
     def is_correct_lenient(self, completion: str, ex: Example) -> bool:
         return lenient_correct(completion, ex)
+
+    def reasoning_steps(self, completion: str, ex: Example) -> int:
+        """Statements `A op B (op C ...) = R` before the first `<answer>` of pre-fill + completion whose
+        R is not the final answer (`_common.final_number`): "3 + 5 = 8\n8 + 7 = 15" answering 15 is 1."""
+        prefill = prefill_of(ex)
+        return arithmetic_steps(prefill + completion, final_number(completion, prefill))
 
     def is_formatted(self, completion: str, ex: Example) -> bool:
         return soft_format_reward(completion, ex) > 0
