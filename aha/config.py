@@ -188,10 +188,7 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     cfg = Config()
     if preset is not None:
         path = preset_path(preset)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
         _apply_mapping(cfg, data, prefix="")
@@ -205,6 +202,43 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
 
     validate(cfg)
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error: plain YAML lets
+    the last one win silently, so `lr: 1e-5` above a forgotten `lr: 1e-3` would train at 1e-3."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges, it is no key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first is not None:
+                where = f"lines {first} and {line}" if first != line else f"line {line}"
+                raise _DuplicateKey(f"key {key!r} is given twice ({where}): keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path` (None when empty). Raises ConfigError naming the file: not valid
+    YAML, or a key given twice in one mapping (the line numbers of both)."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
 def drop_other_task_options(cfg: Config, overrides: list[str]) -> None:

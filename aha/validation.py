@@ -6,6 +6,8 @@ the algorithm knobs that only make sense together, and what backend=jax supports
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from typing import Any
 
 from aha.config import AlgoConfig, Config, RolloutConfig
@@ -36,6 +38,8 @@ def validate(cfg: Config) -> None:
     `algo.scale_rewards` into its string form."""
     if isinstance(cfg.algo.scale_rewards, bool):  # the older boolean form
         cfg.algo.scale_rewards = "group" if cfg.algo.scale_rewards else "none"
+    validate_finite(cfg)
+    validate_limits(cfg)
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -69,6 +73,66 @@ def validate(cfg: Config) -> None:
     if cfg.report_table_every < 0:
         raise ConfigError(f"config key 'report_table_every' must be >= 0, got {cfg.report_table_every}")
     check_trackers(cfg.report_to, cfg.tensorboard)  # a missing tracker package stops here, before any model loads
+
+
+# Upper bounds: not what a run should use but what no run can, so a typo (extra zeros, a seed pasted
+# from elsewhere) is one line here instead of a hang or a traceback after the run directory exists.
+SEED_MAX = 2**32 - 1  # numpy's RandomState takes 0..2**32-1; torch and python's random take more
+MAX_NEW_TOKENS_MAX = 2**20  # 1,048,576: no model aha loads has a longer context (the model's own is checked at load)
+SEQUENCES_MAX = 2**16  # prompts_per_step * G; the largest preset uses 128, and 65,536 sequences' logits of
+# one sampling step alone are 12 GiB in fp32 at the smallest vocabulary in use (SmolLM2's 49,152)
+TOKENS_MAX = 2**28  # completion tokens per step: ~45 minutes of sampling even at 100k tokens/s
+LORA_R_MAX = 2**14  # 16,384: the largest hidden size in use (Llama-3.1-405B); a rank at a layer's full
+# width is no longer low-rank: finetune=full does that for less memory
+
+
+def validate_finite(cfg: Any, prefix: str = "") -> None:
+    """Every float key (nested dataclasses too) must be a finite number: range checks like `x < 0`
+    are false for NaN, so a NaN clip range or temperature would otherwise pass and train on garbage."""
+    hints = typing.get_type_hints(type(cfg))
+    defaults = type(cfg)()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_finite(value, prefix=f"{prefix}{f.name}.")
+        elif hints[f.name] is float and not math.isfinite(value):
+            raise ConfigError(f"config key '{prefix}{f.name}' must be a finite number, got {value}: set a number "
+                              f"(the default is {getattr(defaults, f.name)})")
+
+
+def validate_limits(cfg: Config) -> None:
+    """Values no run can use: empty paths, seeds outside the RNGs' range, probabilities outside [0, 1),
+    LoRA alpha <= 0, and sizes past the bounds above (why each bound: the comments beside them)."""
+    for key in ("output_dir", "model", "task"):
+        if not str(_get(cfg, key)).strip():
+            example = {"output_dir": "runs/NAME", "model": "smollm2-135m", "task": "gsm8k"}[key]
+            why = " (the run would write into the current directory)" if key == "output_dir" else ""
+            raise ConfigError(f"config key {key!r} is empty{why}: set it, e.g. {key}={example}")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError(f"config key 'seed' must be in 0..{SEED_MAX} (what numpy, torch and python's random "
+                          f"all accept), got {cfg.seed}")
+    for key in ("lora.dropout", "adam_beta1", "adam_beta2"):
+        if not 0 <= _get(cfg, key) < 1:
+            raise ConfigError(f"config key {key!r} must be in [0, 1), got {_get(cfg, key)}")
+    if cfg.lora.alpha <= 0:
+        raise ConfigError(f"config key 'lora.alpha' must be > 0 (the update is scaled by alpha / r), got "
+                          f"{cfg.lora.alpha}: e.g. lora.alpha={2 * cfg.lora.r} (2 x lora.r)")
+    r = cfg.rollout
+    if r.max_new_tokens > MAX_NEW_TOKENS_MAX:
+        raise ConfigError(f"config key 'rollout.max_new_tokens' is {r.max_new_tokens:,}, above {MAX_NEW_TOKENS_MAX:,} "
+                          "(longer than any model's context): lower it")
+    sequences = cfg.prompts_per_step * r.num_generations
+    if sequences > SEQUENCES_MAX:
+        raise ConfigError(f"prompts_per_step * rollout.num_generations is {sequences:,} sequences per step, above "
+                          f"{SEQUENCES_MAX:,} (far past what one step can sample: the largest preset uses 128): lower "
+                          "prompts_per_step or rollout.num_generations")
+    if sequences * r.max_new_tokens > TOKENS_MAX:
+        raise ConfigError(f"prompts_per_step * rollout.num_generations * rollout.max_new_tokens is "
+                          f"{sequences * r.max_new_tokens:,} completion tokens per step, above {TOKENS_MAX:,} (hours "
+                          "of sampling per step): lower one of them")
+    if cfg.lora.r > LORA_R_MAX:
+        raise ConfigError(f"config key 'lora.r' is {cfg.lora.r:,}, above {LORA_R_MAX:,} (wider than any model's "
+                          "layers): lower it, or train every weight with finetune=full")
 
 
 def greedy_setting(rollout: RolloutConfig) -> str | None:

@@ -13,10 +13,45 @@ from aha.tasks.base import Example, Task
 REPO = Path(__file__).resolve().parents[1]
 
 
-def gsm8k_dir() -> Path:
-    d = Path(os.environ.get("AHA_GSM8K_DIR", REPO.parent / "shared" / "data" / "gsm8k"))
-    assert (d / "test.jsonl").exists(), f"GSM8K copy not found at {d}; set AHA_GSM8K_DIR"
-    return d
+class GSM8KMissing(Exception):
+    """Neither a local GSM8K copy nor the hub: the one line that says both ways."""
+
+
+def find_gsm8k(hub_dir: Path) -> Path:
+    """A directory holding GSM8K's train.jsonl and test.jsonl (question/answer rows): AHA_GSM8K_DIR,
+    else ../shared/data/gsm8k beside the clone, else the hub's openai/gsm8k (config main) through
+    `datasets`, written into `hub_dir`. Raises GSM8KMissing, one line naming both ways."""
+    import json
+
+    from aha.errors import DataError
+    from aha.tasks.gsm8k import HUB_CONFIG, HUB_ID, _load_hub
+
+    local = Path(os.environ.get("AHA_GSM8K_DIR") or REPO.parent / "shared" / "data" / "gsm8k")
+    if all((local / f"{split}.jsonl").is_file() for split in ("train", "test")):
+        return local
+    try:
+        rows = {split: _load_hub(split) for split in ("train", "test")}
+    except DataError as err:
+        cause = err.__cause__ or err
+        raise GSM8KMissing(
+            f"GSM8K data not found: no train.jsonl and test.jsonl in {local} (put a copy there or set "
+            f"AHA_GSM8K_DIR=DIR), and the hub copy {HUB_ID} ({HUB_CONFIG}) could not be loaded through "
+            f"`datasets`: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}") from err
+    hub_dir.mkdir(parents=True, exist_ok=True)
+    for split, split_rows in rows.items():
+        (hub_dir / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split_rows), encoding="utf-8")
+    return hub_dir
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir(tmp_path_factory) -> Path:
+    """GSM8K for the tests (`find_gsm8k`), looked up once per session. Missing: every test that needs
+    it fails with the same one line and no traceback (not skipped: a skip would hide it)."""
+    try:
+        return find_gsm8k(tmp_path_factory.getbasetemp() / "gsm8k-hub")
+    except GSM8KMissing as err:
+        message = str(err)
+    pytest.fail(message, pytrace=False)  # outside the except: no chained exceptions printed either
 
 
 def letter_fraction(completion: str, ex: Example) -> float:

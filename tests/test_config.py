@@ -159,3 +159,109 @@ def test_misspelt_presets_and_keys_name_the_likely_fix(preset, overrides, needle
     assert "\n" not in msg and all(n in msg for n in needles), msg
     if preset == "smoke" and "zzz" in overrides[0]:
         assert "did you mean" not in msg
+
+
+# ---- poisoned values: non-finite floats, absurd sizes, empty paths, duplicated YAML keys ----
+
+
+def _float_keys(obj, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_keys(value, f"{prefix}{f.name}.")
+        elif hints[f.name] is float:
+            yield prefix + f.name
+
+
+FLOAT_KEYS = sorted(_float_keys(Config()))
+
+
+def test_the_float_keys_are_found():
+    assert {"lr", "rollout.temperature", "algo.epsilon_low", "lora.dropout", "algo.beta"} <= set(FLOAT_KEYS)
+    assert len(FLOAT_KEYS) >= 15
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "inf"])
+def test_non_finite_floats_are_refused_naming_the_key(key, value):
+    """`x < 0` is false for NaN: every float key is checked with isfinite, from YAML (.nan) or text (nan)."""
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", [f"{key}={value}"])
+    msg = str(err.value)
+    assert f"'{key}'" in msg and "finite" in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("lora.alpha=0", ["'lora.alpha'", "> 0"]),
+    ("lora.alpha=-16", ["'lora.alpha'", "> 0"]),
+    ("lora.dropout=-0.1", ["'lora.dropout'", "[0, 1)"]),
+    ("lora.dropout=1", ["'lora.dropout'", "[0, 1)"]),
+    ("adam_beta1=1.5", ["'adam_beta1'", "[0, 1)"]),
+    ("adam_beta2=1", ["'adam_beta2'", "[0, 1)"]),
+    ("seed=-1", ["'seed'", "0..4294967295"]),
+    ("seed=4294967296", ["'seed'", "0..4294967295"]),
+    ("seed=99999999999999999999999", ["'seed'"]),
+    ("output_dir=", ["'output_dir'", "empty", "output_dir=runs/NAME"]),
+    ("output_dir=' '", ["'output_dir'", "empty"]),
+    ("model=", ["'model'", "empty"]),
+    ("rollout.max_new_tokens=300000000", ["'rollout.max_new_tokens'", "300,000,000", "lower it"]),
+    ("prompts_per_step=100000000", ["prompts_per_step", "sequences per step"]),
+    ("rollout.num_generations=1000000", ["rollout.num_generations", "sequences per step"]),
+    ("lora.r=1000000", ["'lora.r'", "finetune=full"]),
+])
+def test_absurd_values_are_refused_with_one_line(override, needles):
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", [override])
+    msg = str(err.value)
+    assert all(n in msg for n in needles) and "\n" not in msg, msg
+
+
+def test_large_but_workable_values_still_load():
+    load_config("smoke", ["seed=4294967295", "lora.r=4096", "rollout.max_new_tokens=32768", "prompts_per_step=64",
+                          "rollout.num_generations=64", "lora.dropout=0.5", "lora.alpha=1", "adam_beta2=0.999"])
+    load_config("smoke", ["prompts_per_step=1024", "rollout.num_generations=64", "rollout.max_new_tokens=4096"])
+    with pytest.raises(ConfigError, match="completion tokens per step"):
+        load_config("smoke", ["prompts_per_step=1024", "rollout.num_generations=64", "rollout.max_new_tokens=8192"])
+
+
+@pytest.mark.parametrize("text, key, where", [
+    ("max_steps: 3\nlr: 1.0e-5\nmax_steps: 30\n", "'max_steps'", "lines 1 and 3"),
+    ("rollout:\n  temperature: 0.7\n  max_new_tokens: 8\n  temperature: 1.0\n", "'temperature'", "lines 2 and 4"),
+    ("rollout: {temperature: 0.7, temperature: 1.0}\n", "'temperature'", "line 1"),
+])
+def test_duplicated_yaml_keys_are_refused_naming_key_and_lines(tmp_path: Path, text, key, where):
+    p = tmp_path / "dup.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(p))
+    msg = str(err.value)
+    assert str(p) in msg and key in msg and where in msg and "twice" in msg and "\n" not in msg, msg
+
+
+def test_yaml_merge_keys_and_repeated_keys_in_separate_mappings_are_fine(tmp_path: Path):
+    p = tmp_path / "ok.yaml"
+    p.write_text("lora: {r: 4}\nrollout: {num_generations: 4}\nalgo: {beta: 0.0}\n")
+    assert load_config(str(p)).lora.r == 4
+
+
+def test_poisoned_config_on_the_command_line_writes_nothing(tmp_path: Path):
+    """Exit 2, one line, and the directory untouched: an empty output_dir used to train into the current
+    directory (overwriting its config.yaml); a bad seed used to fail only after the run dir was written."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "config.yaml").write_text("mine: 1\n")
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    for bad in ("output_dir=", "seed=-5", "rollout.temperature=nan", "algo.epsilon_low=.nan"):
+        args = ["train", "-c", "smoke", bad] if bad == "output_dir=" else ["train", "-c", "smoke", "output_dir=run", bad]
+        r = subprocess.run([sys.executable, "-m", "aha", *args], capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert bad.split("=")[0] in r.stderr
+        assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before

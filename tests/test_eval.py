@@ -5,7 +5,6 @@ round trips and its errors, `aha eval` on a smoke run, and the bundled SmolLM2 o
 from __future__ import annotations
 
 import json
-import os
 import sys
 from itertools import combinations
 from pathlib import Path
@@ -23,15 +22,6 @@ from aha.model import load_policy
 from aha.tasks import Example, Task, get_task
 
 TINY = "random:tiny-qwen2"
-
-
-def gsm8k_test_file() -> Path:
-    """The GSM8K copy beside the repo (never inside it). Missing -> fail loudly, do not skip."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
-    path = Path(os.environ.get("AHA_GSM8K_DIR") or default) / "test.jsonl"
-    if not path.is_file():
-        pytest.fail(f"GSM8K test file not found at {path}: set AHA_GSM8K_DIR or put shared/data/gsm8k beside the repo")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -296,9 +286,9 @@ def test_eval_cli_adapter_for_another_model_exits_2(smoke_run, capsys):
 
 
 @pytest.mark.slow
-def test_smollm2_on_50_gsm8k_problems_gives_the_same_numbers_twice(tmp_path, capsys):
+def test_smollm2_on_50_gsm8k_problems_gives_the_same_numbers_twice(tmp_path, capsys, gsm8k_dir):
     """The bundled real 135M model, greedy, on the first 50 problems of the GSM8K test split."""
-    data = gsm8k_test_file()
+    data = gsm8k_dir / "test.jsonl"  # the local copy, else the hub's (tests/conftest.py)
     results = []
     for i in range(2):
         out = tmp_path / f"run{i}.json"

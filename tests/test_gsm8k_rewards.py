@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aha.tasks import Example
@@ -123,15 +123,24 @@ def test_number_rules(text: str, want: str | None) -> None:
     assert normalize_number(text) == want
 
 
+@st.composite
+def _misplaced_comma(draw: st.DrawFn) -> str:
+    """A number of 2-13 digits with one comma that is not at a three-digit group boundary. Built
+    valid, never filtered: an `assume` on a drawn integer threw most draws away (small integers
+    are Hypothesis's favourites) and failed the filter_too_much health check under load."""
+    length = draw(st.integers(2, 13))
+    digits = str(draw(st.integers(1, 9))) + draw(st.text("0123456789", min_size=length - 1, max_size=length - 1))
+    cut = draw(st.sampled_from([c for c in range(1, length) if (length - c) % 3]))  # c = length - 1 always fits
+    return f"{draw(st.sampled_from(['', '-']))}{digits[:cut]},{digits[cut:]}"
+
+
 @settings(max_examples=300, deadline=None)
-@given(n=st.integers(-10**12, 10**12), cut=st.integers(1, 13))
-def test_thousands_commas_property(n: int, cut: int) -> None:
+@given(n=st.integers(-10**12, 10**12), misplaced=_misplaced_comma())
+def test_thousands_commas_property(n: int, misplaced: str) -> None:
     """Property: Python's own grouping ("{:,}") always reads back as the number; a comma anywhere
     that is not a three-digit group boundary never reads as any number."""
     assert normalize_number(f"{n:,}") == str(n)
-    digits = str(abs(n))
-    assume(cut < len(digits) and (len(digits) - cut) % 3)
-    assert normalize_number(f"{'-' if n < 0 else ''}{digits[:cut]},{digits[cut:]}") is None
+    assert normalize_number(misplaced) is None, misplaced
 
 
 def test_normalize_number_refuses_huge_text_before_parsing_it(monkeypatch) -> None:

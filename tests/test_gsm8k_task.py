@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -19,15 +18,6 @@ GOOD = "<think>\n9 * 2 = 18\n</think>\n<answer>\n18\n</answer>"
 
 def answer(text: str) -> str:
     return f"<think>\nwork\n</think>\n<answer>\n{text}\n</answer>"
-
-
-def gsm8k_dir() -> Path:
-    """The GSM8K copy beside the repo (never inside it). Missing -> fail loudly, do not skip."""
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k"
-    d = Path(os.environ.get("AHA_GSM8K_DIR") or default)
-    if not ((d / "train.jsonl").is_file() and (d / "test.jsonl").is_file()):
-        pytest.fail(f"GSM8K copy not found in {d}: set AHA_GSM8K_DIR or put shared/data/gsm8k beside the repo clone")
-    return d
 
 
 # ---- the task: score, pre-fill, templates ----
@@ -165,8 +155,8 @@ def test_hub_failure_without_datasets_package(monkeypatch: pytest.MonkeyPatch) -
 # ---- the real data set ----
 
 
-def test_every_real_gold_parses_and_scores_full_correctness() -> None:
-    d = gsm8k_dir()
+def test_every_real_gold_parses_and_scores_full_correctness(gsm8k_dir: Path) -> None:
+    d = gsm8k_dir
     task = GSM8K(data={"train": d / "train.jsonl", "test": d / "test.jsonl"})
     train, test = task.examples("train"), task.examples("test")
     assert (len(train), len(test)) == (7473, 1319)

@@ -172,11 +172,11 @@ def test_an_empty_data_file_is_refused_before_overwrite_touches_the_old_run(tmp_
 
 
 @pytest.mark.parametrize("option, split", [("n_train=0", "train"), ("n_test=0", "test")])
-def test_a_split_with_no_examples_is_refused_at_once(tmp_path, capsys, option, split):
+def test_a_split_with_no_examples_is_refused_at_once(tmp_path, capsys, monkeypatch, option, split):
     out = tmp_path / "run"
-    t0 = time.perf_counter()
+    monkeypatch.setattr(aha.train, "load_policy", lambda *a, **k: pytest.fail("the model was loaded"))  # not a clock
     refused(capsys, [*SMOKE, f"output_dir={out}", f"task_options.{option}", "eval_every=1"], f"0 {split} examples")
-    assert time.perf_counter() - t0 < 30 and not out.exists()
+    assert not out.exists()
 
 
 def test_eval_on_an_empty_file_is_refused(tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_sigterm_to_a_training_process(tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "aha", *SMOKE, f"output_dir={out}", "max_steps=200",
                           "save_every=0"], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a bound on waiting, not a timing assertion: a busy machine may be slow
     while time.time() < deadline and len(read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists()
                                          else []) < 2:
         time.sleep(0.2)

@@ -25,10 +25,14 @@ Rewards judge `prefill + completion` (see `_common.prefill_of`).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import socket
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlparse
 
 from aha.tasks._common import (CLOSE, OPEN, arithmetic_steps, check_split, check_template, final_number, last_answer,
                                parse_number, prefill_of, read_rows, resolve_path, templated)
@@ -236,16 +240,59 @@ class GSM8K(NumberAnswerTask):
         return self._cache[split]
 
 
+HUB_PROBE_S = 3.0  # how long to wait for the hub's host before treating it as unreachable
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_S) -> str | None:
+    """Why the Hugging Face hub cannot be reached ("huggingface.co: ..."), or None when it answers (or
+    when a proxy is set: it may reach what a direct connection cannot, so the hub client decides).
+    One TCP connect, not an HTTP request: a machine without network answers in milliseconds."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host}: {err.strerror or err or type(err).__name__}"
+    return None
+
+
+@contextlib.contextmanager
+def _offline_hub() -> Iterator[None]:
+    """`datasets` reads only its local cache inside this: no request, no retries (without it an
+    unreachable hub costs ~30 s of backoff before the error). Both libraries read the flag at import
+    time, so their constants are set too, and everything is restored after."""
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    saved = (os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+    os.environ["HF_HUB_OFFLINE"], hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = "1", True, True
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[0]
+        hub.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved[1], saved[2]
+
+
 def _load_hub(split: str) -> list[dict[str, Any]]:
+    """GSM8K's `split` from the hub (or `datasets`' cache of it). Raises DataError with both fixes."""
+    unreachable = None
     try:
         import datasets
 
-        ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)
+        unreachable = hub_unreachable()
+        with _offline_hub() if unreachable else contextlib.nullcontext():
+            ds = datasets.load_dataset(HUB_ID, HUB_CONFIG, split=split)
     # The hub fails in many ways (no network, offline mode, auth, a missing package); all of them
     # get the same fix, so catch broadly and re-raise with the cause chained, never swallow.
     except Exception as err:
+        why = f" (unreachable: {unreachable}; no cached copy)" if unreachable else ""
         raise DataError(
-            f"could not load GSM8K from the Hugging Face hub ({HUB_ID}, config {HUB_CONFIG!r}): "
+            f"could not load GSM8K from the Hugging Face hub ({HUB_ID}, config {HUB_CONFIG!r}){why}: "
             f"{type(err).__name__}: {err}\n"
             "Without network access, pass a local copy (JSONL or Parquet with 'question' and 'answer' "
             "columns) as the task option data: `aha train ... task_options.data=gsm8k/train.jsonl`, "
