@@ -10,8 +10,10 @@ tiny models, eager or dynamo-only compilation; only the 4-bit assertions then sa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import types
 from pathlib import Path
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (resume test); before CUDA starts
@@ -147,42 +149,89 @@ def test_compiled_decode_equals_eager_and_replays_cuda_graphs(monkeypatch):
 
 # ---------------------------------------------------------------------------- log-probs
 
+# The memory part's sizes on the GPU: 4 rows of 64 prompt + 448 completion tokens of Qwen2.5-0.5B (vocab
+# 151936), 64-position chunks. tests/test_gpu_check.py runs the same passes at these sizes on the meta
+# device (no data, every allocation counted), so the bound below is checked on the CPU before a GPU sees it.
+LOGPROB_ROWS, LOGPROB_PROMPT, LOGPROB_COMPLETION, LOGPROB_CHUNK = 4, 64, 448, 64
+
+
+class CudaPeak:
+    """Peak bytes allocated inside the block beyond what was allocated before it (torch's CUDA allocator)."""
+
+    def __init__(self, keep=()):
+        self.peak = 0
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.before = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize()
+        self.peak = torch.cuda.max_memory_allocated() - self.before
+
+
+def logprob_passes(ref, bf16, ids, mask, n_completion: int, measure) -> dict:
+    """The update's passes, each forward + backward of a weighted sum of its log-probs (B, C): chunked on the
+    bf16 weights, full logits on the float32 weights, then full logits on the bf16 weights again.
+    measure(keep) is a context manager whose .peak is the block's extra peak bytes (keep: the tensors that
+    exist before it). -> {lp16, lp32 (B, C) float32, cos: gradient cosines bf16 chunked vs float32,
+    chunked_bytes, naive_bytes: the two bf16 passes' extra peaks}."""
+    weights = torch.linspace(-1, 1, n_completion, device=ids.device)
+
+    def run(fn):
+        keep = [ids, mask, weights] + [t for m in (ref, bf16) for t in (*m.parameters(), *m.buffers())] + \
+               [p.grad for m in (ref, bf16) for p in m.parameters() if p.grad is not None]
+        with measure(keep) as peak:
+            out = fn()
+            (out.float() * weights).sum().backward()
+        return out.detach().float(), peak.peak
+
+    lp16, chunked = run(lambda: completion_logprobs(bf16, ids, mask, n_completion, chunk=LOGPROB_CHUNK)[0])
+    lp32, _ = run(lambda: naive_completion_logprobs(ref, ids, mask, n_completion))
+    cos = {}  # the chunked pass's gradients, before the last pass replaces them
+    for (name, p16), (_, p32) in zip(bf16.named_parameters(), ref.named_parameters()):
+        if p16.device.type != "meta" and ("layers.0.self_attn.q_proj.weight" in name or name.endswith("norm.weight")):
+            cos[name] = torch.nn.functional.cosine_similarity(p16.grad.float().flatten(), p32.grad.flatten(), dim=0)
+    bf16.zero_grad(set_to_none=True)
+    _, naive = run(lambda: naive_completion_logprobs(bf16, ids, mask, n_completion))
+    return {"lp16": lp16, "lp32": lp32, "cos": cos, "chunked_bytes": chunked, "naive_bytes": naive}
+
+
+def head_saving_ok(res: dict, rows: int, n_completion: int, vocab: int) -> tuple[bool, str]:
+    """What chunking promises (aha/logprobs.py): the update never holds float32 [B, C, vocab] logits, so its
+    peak is below the full-logits pass's by at least their size. (Simulated at the GPU sizes: 2.06 GiB
+    saved, 2.0x the 1.01 GiB of logits, the same with math or memory-efficient attention; the absolute
+    peaks depend on the attention kernel and the bf16 gradients both passes share, so they are not bounded.)"""
+    logits = rows * n_completion * vocab * 4
+    saved = res["naive_bytes"] - res["chunked_bytes"]
+    return saved >= logits, (f"chunked {res['chunked_bytes'] / 2**30:.2f} GiB, full logits {res['naive_bytes'] / 2**30:.2f}"
+                             f" GiB: saved {saved / 2**30:.2f} GiB, float32 logits {logits / 2**30:.2f} GiB")
+
+
 def test_chunked_logprobs_in_bf16_track_float32_and_never_hold_all_logits():
     """The update's log-probs on bf16 weights (as the GPU presets train) against the full-logits float32
     computation on the same weights: values within bf16's error, gradients pointing the same way. On the
-    GPU also the memory: chunking keeps [B, T, vocab] logits from ever existing at once."""
+    GPU also the memory: chunking saves at least the float32 [B, C, vocab] logits it never holds."""
     name = real_or_tiny("qwen2.5-0.5b", "tiny-qwen2")
     ref, _ = model_on_device(name, torch.float32, seed=1)
     bf16 = copy.deepcopy(ref).to(torch.bfloat16)
     vocab = ref.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    n_prompt, n_completion = (64, 448) if ON_GPU else (8, 24)
-    ids = torch.randint(0, vocab, (4, n_prompt + n_completion), generator=g).to(DEVICE)
+    n_prompt, n_completion = (LOGPROB_PROMPT, LOGPROB_COMPLETION) if ON_GPU else (8, 24)
+    ids = torch.randint(0, vocab, (LOGPROB_ROWS, n_prompt + n_completion), generator=g).to(DEVICE)
     mask = torch.ones_like(ids)
     mask[0, :20 if ON_GPU else 3] = 0  # left padding, as rollouts have
-    weights = torch.linspace(-1, 1, n_completion, device=DEVICE)
-
-    def peak_extra(fn) -> tuple[torch.Tensor, int]:
-        if ON_GPU:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() if ON_GPU else 0
-        out = fn()
-        (out.float() * weights).sum().backward()
-        return out.detach().float(), (torch.cuda.max_memory_allocated() - before) if ON_GPU else 0
-
-    lp16, mem_chunked = peak_extra(lambda: completion_logprobs(bf16, ids, mask, n_completion, chunk=64)[0])
-    lp32, _ = peak_extra(lambda: naive_completion_logprobs(ref, ids, mask, n_completion))
-    bf16.zero_grad(set_to_none=True)
-    _, mem_naive = peak_extra(lambda: naive_completion_logprobs(bf16, ids, mask, n_completion))
-    err = (lp16 - lp32).abs()
+    measure = CudaPeak if ON_GPU else (lambda keep: contextlib.nullcontext(types.SimpleNamespace(peak=0)))
+    res = logprob_passes(ref, bf16, ids, mask, n_completion, measure)
+    err = (res["lp16"] - res["lp32"]).abs()
     assert err.mean() < 0.03 and err.max() < 0.25, (err.mean().item(), err.max().item())
-    for (name16, p16), (_, p32) in zip(bf16.named_parameters(), ref.named_parameters()):
-        if "layers.0.self_attn.q_proj.weight" in name16 or name16.endswith("norm.weight"):
-            cos = torch.nn.functional.cosine_similarity(p16.grad.float().flatten(), p32.grad.flatten(), dim=0)
-            assert cos > 0.99, (name16, cos.item())
-    if ON_GPU:  # 4 x 512 x 151936 float32 logits are 1.2 GB; 64-position chunks a tenth of that
-        assert mem_chunked < mem_naive / 2, (mem_chunked, mem_naive)
+    assert len(res["cos"]) >= 2 and all(c > 0.99 for c in res["cos"].values()), res["cos"]
+    if ON_GPU:
+        ok, text = head_saving_ok(res, LOGPROB_ROWS, n_completion, vocab)
+        print(text)
+        assert ok, text
 
 
 # ---------------------------------------------------------------------------- QLoRA and training

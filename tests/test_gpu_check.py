@@ -5,14 +5,20 @@ scheduler's budget and timeouts, the markdown, the merge of two calls, the wheel
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import subprocess
 import sys
+import weakref
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from aha.model import random_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,3 +209,66 @@ def test_gpu_mode_runs_the_sizes_the_issue_asks_for(tmp_path: Path):
 
         shutil.rmtree(check.scratch, ignore_errors=True)
         shutil.rmtree(check.models_root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the CUDA memory bound, rehearsed
+
+class MetaPeak(TorchDispatchMode):
+    """Peak bytes of the storages that ops create inside the block, on the meta device (shapes, no data):
+    each new output storage counts from its op until Python frees it, as torch's CUDA allocator counts it
+    (less its 512-byte rounding). `keep`: tensors that exist before the block (their views are not new).
+    The one data-dependent question a padded batch asks (transformers: "is the padding mask all ones?")
+    is answered no, as on the GPU; any other `.item()` fails the rehearsal."""
+
+    def __init__(self, keep=()):
+        super().__init__()
+        self.old = {t.untyped_storage()._cdata for t in keep}
+        self.live: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def _free(self, key: int) -> None:
+        self.now -= self.live.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            assert args[0].dtype == torch.bool and args[0].dim() == 0, f"a data-dependent {func} on {args[0]}"
+            return False
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self.old and key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.now += self.live[key]
+                    self.peak = max(self.peak, self.now)
+                    weakref.finalize(storage, self._free, key)
+        return out
+
+
+def test_cuda_logprob_memory_bound_holds_at_the_gpu_sizes():
+    """tests/test_cuda.py's memory assertion, at its GPU sizes (Qwen2.5-0.5B, 4 x 512 tokens, vocab 151936),
+    on the meta device: the same three passes, every allocation counted, in seconds and without the 10 GB
+    the real tensors would take. If this fails, the CUDA test would fail on the GPU for the same reason."""
+    test_cuda = load_test_cuda()
+    with torch.device("meta"):
+        ref, _ = random_model("qwen2.5-0.5b", torch.float32)
+    bf16 = copy.deepcopy(ref).to(torch.bfloat16)
+    rows, n = test_cuda.LOGPROB_ROWS, test_cuda.LOGPROB_PROMPT + test_cuda.LOGPROB_COMPLETION
+    ids = torch.zeros(rows, n, dtype=torch.long, device="meta")
+    mask = torch.ones_like(ids)
+    res = test_cuda.logprob_passes(ref, bf16, ids, mask, test_cuda.LOGPROB_COMPLETION, MetaPeak)
+    ok, text = test_cuda.head_saving_ok(res, rows, test_cuda.LOGPROB_COMPLETION, ref.config.vocab_size)
+    assert ok, text
+    # The tracker counts what it should: the chunked pass's peak holds at least the bf16 gradients it made
+    # (every weight trains) and the full-logits pass at least its bf16 [B, T, vocab] logits on top.
+    grads = sum(p.numel() * 2 for p in bf16.parameters())
+    assert grads < res["chunked_bytes"] < res["naive_bytes"] - rows * n * ref.config.vocab_size * 2, text
+
+
+def load_test_cuda():
+    """tests/test_cuda.py as a module (not collected again: its tests run only under -m cuda)."""
+    spec = importlib.util.spec_from_file_location("aha_test_cuda", REPO / "tests" / "test_cuda.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
