@@ -71,7 +71,7 @@ def mismatch(model: torch.nn.Module, ro: Rollout, params: SamplingParams) -> dic
 
 
 def test_full_weight_sync_equals_native(monkeypatch):
-    """AHA_VLLM_LORA=0 (the path of finetune=full): every weight streamed, LoRA merged, greedy == native."""
+    """AHA_VLLM_LORA=0 (CPU's default; finetune=full's path): every weight streamed, LoRA merged, greedy == native."""
     from aha.rollout.engine import make_engine
 
     monkeypatch.setenv("AHA_VLLM_LORA", "0")
@@ -90,14 +90,19 @@ def test_full_weight_sync_equals_native(monkeypatch):
 
 
 class TestOneEngine:
-    """Adapter-only sync (the demo's LoRA policy), one engine for these tests."""
+    """Adapter-only sync (CUDA's default, AHA_VLLM_LORA=1; works on CPU too), one engine for these tests."""
 
     @pytest.fixture(scope="class")
     def setup(self):
         from aha.rollout.engine import make_engine
 
         pol = demo_policy()
-        engine = make_engine("vllm", pol.model, pol.tokenizer)
+        mp = pytest.MonkeyPatch()
+        mp.setenv("AHA_VLLM_LORA", "1")
+        try:
+            engine = make_engine("vllm", pol.model, pol.tokenizer)
+        finally:
+            mp.undo()
         yield pol, engine
         engine.close()
 
@@ -143,8 +148,8 @@ class TestOneEngine:
 
 def _deterministic(rows: list[dict]) -> list[dict]:
     """Rows without timings and without the held-out eval (the first half's last step has one of its own)."""
-    return [{k: v for k, v in r.items() if not k.endswith("_time") and k != "tokens_per_s" and not k.startswith("eval/")}
-            for r in rows]
+    return [{k: v for k, v in r.items()
+             if not k.endswith("_time") and k != "tokens_per_s" and not k.startswith("eval/")} for r in rows]
 
 
 @pytest.mark.slow
