@@ -153,7 +153,8 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
     # results go back to the examples' order below. Character length is a good enough proxy.
     order = sorted(range(len(examples)), key=lambda i: len(render_prompt(tokenizer, examples[i].prompt)))
     prompts = [examples[i].prompt for i in order for _ in range(samples)]  # each prompt K times, adjacent
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                            stop=tuple(getattr(task, "stop_strings", ())))
     device = next(model.parameters()).device
     texts: list[str] = []
     lengths: list[float] = []

@@ -102,9 +102,10 @@ def verdict(change: dict[str, float], n: float | None) -> str:
         return (f"**Reasoning emerged**: the share of completions that write intermediate steps rose {steps:+.1f} "
                 f"points together with lenient accuracy ({lenient:+.1f} points{longer}) {band}.")
     if up(lenient):
-        how = ("without intermediate steps: " + moved("the steps share", steps)) if steps is not None else             "(this task defines no reasoning steps)"
+        how = (f", but without intermediate steps ({moved('the steps share', steps)})" if steps is not None
+               else " (no steps share was logged: the task defines no reasoning steps, or the run predates them)")
         return (f"Lenient accuracy rose {lenient:+.1f} points {band}: the trained model writes **more right answers**, "
-                f"not only the format - {how}{longer}.")
+                f"not only the format{how}{longer}.")
     if up(steps):
         return (f"**Steps without accuracy**: the share of completions that write intermediate steps rose "
                 f"{steps:+.1f} points, but {moved('lenient accuracy', lenient)} {band}{longer}.")

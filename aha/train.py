@@ -82,7 +82,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)
 
     r = cfg.rollout
-    sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
+    sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, stop=tuple(task.stop_strings))
     if state["step"] == 0 and eval_due(0, cfg) and d.main:  # the untrained policy: the baseline to beat
         logger.log_metrics(0, held_out_eval(learner, task, cfg, logger, 0))
     learner.model.train()
@@ -283,7 +283,7 @@ def probe(learner: Learner, task: Task, cfg: Config) -> dict[str, Any]:
     """A greedy completion of the first held-out prompt (records.probe_record). Greedy sampling
     consumes no RNG: resume stays exact."""
     ex = task.examples("test")[0]
-    params = SamplingParams(cfg.rollout.max_new_tokens, temperature=0.0)
+    params = SamplingParams(cfg.rollout.max_new_tokens, temperature=0.0, stop=tuple(task.stop_strings))
     text = generate(learner.model, learner.tokenizer, [ex.prompt], params, learner.engine).texts[0]
     return probe_record(task, ex, text)
 

@@ -4,8 +4,8 @@ measures the time, which a shared test machine's clock cannot judge.
 
     python bench/rewards.py [--budget-ms 50] [--json bench/results/rewards-cpu.json]
 
-Every reward of every task on each hostile text of the property tests (1 MB of digits, 20,000
-`<answer>` tags, `9**9**9**9`, ...) in each wrapping; the Countdown solver on 200 random 4-number
+Every reward of every task, and its lenient grader and reasoning-steps count, on each hostile text
+of the property tests (1 MB of digits, 20,000 `<answer>` tags, `9**9**9**9`, ...) in each wrapping; the Countdown solver on 200 random 4-number
 puzzles (mostly unsolvable: full searches). It prints the slowest cases and exits 1 if any reward
 call took longer than the budget.
 """
@@ -33,7 +33,10 @@ def time_rewards() -> list[tuple[float, str]]:
         for wrap_name, wrap in WRAPS.items():
             text = wrap.replace("{}", crafted)
             for task, ex in CASES:
-                for name, (fn, _) in task.rewards.items():
+                # the rewards, and the graders and step count that run on every completion beside them
+                checks = {**{name: fn for name, (fn, _) in task.rewards.items()},
+                          "is_correct_lenient": task.is_correct_lenient, "reasoning_steps": task.reasoning_steps}
+                for name, fn in checks.items():
                     start = time.perf_counter()
                     fn(text, ex)
                     out.append((time.perf_counter() - start, f"{ex.id} {name} on {crafted_name}/{wrap_name}"))

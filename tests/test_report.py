@@ -218,7 +218,8 @@ def _ev(strict: float, lenient: float, steps: float | None = None, length: float
     # steps and lenient accuracy rose together beyond the ~7 points of 200 problems
     (_ev(0.2, 0.4, 0.05), _ev(0.7, 0.75, 0.6, 45.0), "**Reasoning emerged**", "format**"),
     # better answers, the steps share flat
-    (_ev(0.2, 0.4, 0.05), _ev(0.7, 0.75, 0.08), "**more right answers**", "Reasoning emerged"),
+    (_ev(0.2, 0.4, 0.05), _ev(0.7, 0.75, 0.08), "but without intermediate steps (the steps share moved only +3.0",
+     "Reasoning emerged"),
     # steps without accuracy
     (_ev(0.2, 0.4, 0.05), _ev(0.22, 0.42, 0.5), "**Steps without accuracy**", "Reasoning emerged"),
     # format only: strict up, lenient and steps within chance
@@ -228,7 +229,7 @@ def _ev(strict: float, lenient: float, steps: float | None = None, length: float
     # both graders fell
     (_ev(0.5, 0.6), _ev(0.2, 0.3), "**Worse than untrained**", "Reasoning emerged"),
     # a task without steps: better answers, and the verdict says steps are not defined
-    (_ev(0.2, 0.4), _ev(0.7, 0.75), "defines no reasoning steps", "Reasoning emerged"),
+    (_ev(0.2, 0.4), _ev(0.7, 0.75), "no steps share was logged", "Reasoning emerged"),
 ])
 def test_each_verdict_branch(before, after, says, never):
     md = _verdict(before, after)

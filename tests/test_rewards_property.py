@@ -1,5 +1,5 @@
 """Every reward of every task, on arbitrary and hostile text: a finite float in [0, 1], never an
-exception. Also the per-reward metrics helper `reward_means`. How long they take on the same
+exception; the lenient grader (implied by the strict one) and the reasoning-steps count likewise. Also the per-reward metrics helper `reward_means`. How long they take on the same
 hostile texts (the 50 ms budget) is measured by bench/rewards.py, not asserted here: a shared
 test machine's clock says little."""
 
@@ -36,6 +36,10 @@ def check_all(text: str) -> None:
         assert set(parts) == set(task.rewards) and total == pytest.approx(sum(parts.values()))
         assert 0.0 <= total <= sum(w for _, w in task.rewards.values())
         assert isinstance(task.is_correct(text, ex), bool) and isinstance(task.is_formatted(text, ex), bool)
+        lenient = task.is_correct_lenient(text, ex)
+        assert isinstance(lenient, bool) and (lenient or not task.is_correct(text, ex))  # strict => lenient
+        steps = task.reasoning_steps(text, ex)
+        assert steps is None or (type(steps) is int and steps >= 0)
 
 
 CRAFTED = {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from aha.errors import ConfigError
+from aha.rollout.stops import stop_at_strings
 from aha.tasks.base import Messages
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
+    stop: tuple[str, ...] = ()  # a completion ends at the token completing one (Task.stop_strings; stops.py)
 
 
 @dataclass
@@ -152,6 +154,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str | Mes
         logprobs[row:row + p.shape[0], :p.shape[1]] = lp
         row += p.shape[0]
     mask, truncated = completion_mask(completion_ids, eos if not params.ignore_eos else [])
+    mask, truncated = stop_at_strings(tokenizer, completion_ids, mask, truncated, eos, params.stop)
     texts = decode_completions(tokenizer, completion_ids, mask, eos)
     return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated, logprobs * mask)
 

@@ -33,7 +33,8 @@ def stop_at_strings(tokenizer: Any, completion_ids: torch.Tensor, mask: torch.Te
         stops: the stop strings; empty -> the inputs unchanged.
     Returns:
         (mask (B, C), truncated (B,)): a stopped row's mask is 1 through the token that completes
-        its earliest stop string, and the row is not truncated (it finished).
+        its earliest stop string (and an EOS generated right after it), and the row is not
+        truncated (it finished). The inputs are not modified.
     """
     stops = [s for s in stops if s]
     if not stops:
@@ -44,11 +45,13 @@ def stop_at_strings(tokenizer: Any, completion_ids: torch.Tensor, mask: torch.Te
         ids = [t for t, k in zip(ids, keep) if k]  # the mask is a prefix of ones
         end = stop_token_index(lambda n: tokenizer.decode([t for t in ids[:n] if t not in eos],
                                                           skip_special_tokens=True), len(ids), stops)
-        if end is not None and end + 1 < len(ids):
-            mask[row, end + 1:] = 0
-            truncated[row] = False
-        elif end is not None:
-            truncated[row] = False  # the stop string's token was the last one generated: finished
+        if end is None:
+            continue
+        end += 1  # the first token after the stop string
+        if end < len(ids) and ids[end] in eos:
+            end += 1  # an EOS right after it stays: the model ended there itself, as without stop strings
+        mask[row, end:] = 0
+        truncated[row] = False  # a stopped row finished, even if its stop string came with the last token
     return mask, truncated
 
 

@@ -35,6 +35,9 @@ class Task:
     name: str = "task"
     # reward name -> (function, weight); the logged value is function(...) * weight.
     rewards: dict[str, tuple[RewardFn, float]] = {}
+    # Text that ends a completion (the rollout masks every token after the one completing it:
+    # aha/rollout/stops.py); () = generate to EOS or max_new_tokens.
+    stop_strings: tuple[str, ...] = ()
 
     def examples(self, split: str) -> Sequence[Example]:
         """The examples of a split, in a fixed order (the trainer permutes them itself).

@@ -4,7 +4,8 @@
 task options, and checks the contract before anything expensive happens (the trainer calls
 `get_task` before it loads the model): a `Task` subclass with a non-empty `rewards` dict of
 `name -> (callable, number)`, its own `is_correct` and `is_formatted`, and `examples("train")` /
-`examples("test")` that return a non-empty sequence of `Example`. Every breach is a one-line
+`examples("test")` that return a non-empty sequence of `Example`, and `stop_strings` (if set) a
+tuple of non-empty strings. Every breach is a one-line
 `ConfigError` naming what to fix. The rewards are then logged as `reward/<name>` like any
 built-in task's; the core never learns that the task came from outside the package.
 
@@ -111,6 +112,10 @@ def check_task(task: Task, spec: str) -> None:
                               "give a function (completion: str, example: Example) -> float")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ConfigError(f"task {spec!r}: reward {name!r} has weight {weight!r}; the weight must be a number")
+    stops = getattr(task, "stop_strings", ())
+    if not (isinstance(stops, (tuple, list)) and all(isinstance(x, str) and x for x in stops)):
+        raise ConfigError(f"task {spec!r}: stop_strings is {stops!r}; give a tuple of non-empty strings, "
+                          "e.g. stop_strings = ('</answer>',), or () to generate to EOS")
     for method in ("is_correct", "is_formatted"):
         if getattr(type(task), method, None) is getattr(Task, method):
             raise ConfigError(f"task {spec!r}: {type(task).__name__} does not define {method}(self, completion, "
