@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, list_checkpoints
+from aha.ckptdir import (ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, adapter_config_problem, earlier_hint,
+                         list_checkpoints, read_meta, weights_problem)
 from aha.errors import CheckpointError, ModelError
 from aha.model import Policy, ensure_pad_token, load_base, resolve_device, resolve_dtype
 
@@ -44,8 +45,12 @@ def read_run_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as e:
-        raise CheckpointError(f"{file} is not valid YAML ({e}); the checkpoint is damaged") from e
-    return data if isinstance(data, dict) else {}
+        raise CheckpointError(f"{file} is not valid YAML ({' '.join(str(e).split())[:120]}); the checkpoint "
+                              f"is damaged: {earlier_hint(Path(path), '--checkpoint')}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} is not a mapping of config keys; the checkpoint is damaged: "
+                              f"{earlier_hint(Path(path), '--checkpoint')}")
+    return data
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -60,11 +65,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"run {path} has no complete checkpoint yet; train longer or lower save_every")
         path = complete[-1]
     if not _has_weights(path):
+        if (path / META_FILE).is_file() or (path / "config.yaml").is_file():  # a checkpoint that lost its weights
+            raise CheckpointError(f"checkpoint {path} holds no weights ({ADAPTER_FILE} or {MODEL_FILE}): it is "
+                                  f"damaged; {earlier_hint(path, '--checkpoint')}")
         raise CheckpointError(f"{path} holds no weights ({ADAPTER_FILE} or {MODEL_FILE}); it is not a "
                               "checkpoint - pass a runs/NAME/checkpoints/step-N directory")
-    if not (path / META_FILE).is_file():
-        raise CheckpointError(f"checkpoint {path} is incomplete (no {META_FILE}): it was not fully written; "
-                              "use an earlier checkpoint")
+    read_meta(path, flag="--checkpoint")  # missing, not JSON, wrong fields: the file and an earlier checkpoint
+    for name in (ADAPTER_FILE, MODEL_FILE):
+        problem = weights_problem(path / name) if (path / name).is_file() else None
+        if problem:
+            raise CheckpointError(f"{path / name} {problem}: the checkpoint is damaged; "
+                                  f"{earlier_hint(path, '--checkpoint')}")
+    problem = adapter_config_problem(path) if (path / ADAPTER_FILE).is_file() else None
+    if problem:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG} {'is ' if problem == 'missing' else ''}{problem}: the "
+                              f"checkpoint is damaged; {earlier_hint(path, '--checkpoint')}")
     if not (path / "config.yaml").is_file():
         raise CheckpointError(f"checkpoint {path} has no config.yaml, so its base model is unknown; "
                               f"load it with --adapter {path} --model BASE instead")
@@ -74,9 +89,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def resolve_adapter(path: str | Path) -> Path:
     """A LoRA adapter directory (one with adapter_config.json)."""
     path = Path(path).expanduser()
-    if not (path / ADAPTER_CONFIG).is_file():
+    problem = adapter_config_problem(path)
+    if problem == "missing":
         raise CheckpointError(f"{path} is not a LoRA adapter directory (no {ADAPTER_CONFIG}); "
                               "for a checkpoint use --checkpoint, for a full model --model")
+    if problem:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG} {problem}; the adapter is damaged")
+    if not (path / ADAPTER_FILE).is_file():
+        raise CheckpointError(f"adapter {path} has no {ADAPTER_FILE}; the adapter is incomplete")
     return path
 
 
@@ -114,7 +134,9 @@ def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | Non
         path = resolve_checkpoint(checkpoint)
         cfg = read_run_config(path)
         base_name = model or str(cfg.get("model") or "")
-        seed = int(cfg.get("seed", 0))
+        seed = cfg.get("seed", 0)
+        if type(seed) is not int:
+            raise CheckpointError(f"{path / 'config.yaml'} has no integer seed ({seed!r}); the checkpoint is damaged")
         if (path / ADAPTER_FILE).is_file():
             finetune = str(cfg.get("finetune", "lora"))
             net, tok = _with_adapter(path, base_name, cfg.get("model"), dt, dev, seed, finetune == "qlora")
@@ -148,6 +170,7 @@ def _with_adapter(path: Path, base_name: str, recorded: str | None, dtype: torch
                   seed: int, qlora: bool) -> tuple[torch.nn.Module, Any]:
     """Base model + the LoRA adapter saved in `path`; a mismatch is a CheckpointError."""
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not base_name:
@@ -163,8 +186,13 @@ def _with_adapter(path: Path, base_name: str, recorded: str | None, dtype: torch
     peft_cfg.inference_mode = True
     fix = f"it was trained on {recorded!r}: pass --model {recorded}" if recorded else "pass its base with --model NAME"
     try:
+        weights = load_file(path / ADAPTER_FILE)
+    except (SafetensorError, OSError) as e:  # truncated or not a safetensors file
+        raise CheckpointError(f"{path / ADAPTER_FILE} is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                              f"the adapter is damaged: {earlier_hint(path, '--checkpoint')}") from e
+    try:
         net = get_peft_model(base, peft_cfg)
-        result = set_peft_model_state_dict(net, load_file(path / ADAPTER_FILE))
+        result = set_peft_model_state_dict(net, weights)
     except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, missing target modules
         first = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(f"adapter {path} does not fit base model {base_name!r} ({first}); {fix}") from e
