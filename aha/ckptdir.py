@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +67,27 @@ def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> 
     return final
 
 
+ABANDONED_PREFIX = "abandoned-"  # checkpoints/abandoned-TIME-from-step-K/: a timeline left by a resume
+
+
+def set_aside_later(run_dir: Path, step: int) -> Path | None:
+    """One timeline per run directory: resuming from step `step` while later checkpoints exist makes
+    those another timeline (the logs are trimmed to `step` at the same moment). They are moved, not
+    deleted, into checkpoints/abandoned-TIME-from-step-K/, where `--resume`, eval, export and play no
+    longer see them. Returns that directory, or None when nothing was later. Call it holding the run
+    lock, once every check has passed."""
+    later = [p for p in list_checkpoints(run_dir) if (step_of(p) or 0) > step]
+    if not later:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = Path(run_dir) / "checkpoints" / f"{ABANDONED_PREFIX}{stamp}-from-step-{step}"
+    dest.mkdir(exist_ok=True)
+    for p in later:
+        os.replace(p, dest / p.name)
+    fsio.fsync_dir(dest.parent)
+    return dest
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint directories (complete or not) ordered by step."""
     root = Path(run_dir) / "checkpoints"
@@ -83,8 +105,8 @@ def latest(run_dir: Path) -> Path:
 
 
 def read_meta(path: Path, flag: str = "--resume") -> dict[str, Any]:
-    """meta.json of a checkpoint directory, checked: a JSON object with an integer `step` >= 0 that
-    matches the directory's step-N, `complete` true, a known `backend`. Anything else is a
+    """meta.json of a checkpoint directory, checked: a JSON object with an integer `step` >= 0 (for
+    --resume also matching the directory's step-N), `complete` true, a known `backend`. Anything else is a
     CheckpointError naming the file and an earlier checkpoint to use with `flag` (--resume for
     training, --checkpoint for eval/export/play)."""
     path = Path(path)
@@ -100,6 +122,9 @@ def read_meta(path: Path, flag: str = "--resume") -> dict[str, Any]:
         raise CheckpointError(f"{file} is not valid JSON ({one_line(e, 80)}): the checkpoint was not fully "
                               f"written or was damaged; {earlier_hint(path, flag)}") from None
     problem = meta_problem(meta, path)
+    if not problem and flag == "--resume" and step_of(path) not in (None, meta["step"]):
+        # the run would continue from the wrong step (eval, export and play do not care)
+        problem = f"says step {meta['step']} but the directory is {path.name}"
     if problem:
         raise CheckpointError(f"{file} {problem}: the checkpoint is damaged; {earlier_hint(path, flag)}")
     return meta
@@ -112,9 +137,6 @@ def meta_problem(meta: Any, path: Path) -> str | None:
     step = meta.get("step")
     if type(step) is not int or step < 0:
         return f"has no step number ('step': {json.dumps(step)})"
-    m = _STEP_RE.match(path.name)
-    if m and int(m.group(1)) != step:
-        return f"says step {step} but the directory is {path.name}"
     if meta.get("complete", True) is not True:
         return f"is not marked complete ('complete': {json.dumps(meta.get('complete'))})"
     if meta.get("backend", "torch") not in ("torch", "jax"):
@@ -224,7 +246,7 @@ def check_config(path: Path, current: dict[str, Any]) -> str | None:
     try:
         saved = yaml.safe_load((path / "config.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(f"{path / 'config.yaml'} is unreadable ({one_line(e)}); "
+        raise CheckpointError(f"{path / 'config.yaml'} is corrupt ({one_line(e)}); "
                               f"{earlier_hint(path)}") from e
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path / 'config.yaml'} is not a mapping of config keys: the checkpoint is damaged; "

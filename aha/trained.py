@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -130,21 +133,15 @@ def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | Non
         raise ModelError("give either a checkpoint or an adapter, not both")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    source = None
     if checkpoint is not None:
-        path = resolve_checkpoint(checkpoint)
-        cfg = read_run_config(path)
-        base_name = model or str(cfg.get("model") or "")
-        seed = cfg.get("seed", 0)
-        if type(seed) is not int:
-            raise CheckpointError(f"{path / 'config.yaml'} has no integer seed ({seed!r}); the checkpoint is damaged")
-        if (path / ADAPTER_FILE).is_file():
-            finetune = str(cfg.get("finetune", "lora"))
-            net, tok = _with_adapter(path, base_name, cfg.get("model"), dt, dev, seed, finetune == "qlora")
-        else:  # full fine-tuning: the checkpoint is itself a transformers model directory
-            finetune = "full"
-            if model:
-                print(f"aha: warning: {path} holds full weights; --model {model} is ignored", file=sys.stderr)
-            net, tok = load_base(str(path), dt)
+        source, path = pin_checkpoint(checkpoint)  # read from a private copy: a trainer may rotate it away
+        try:
+            net, tok, finetune = _from_checkpoint(path, model, dt, dev)
+        except CheckpointError as e:  # name the checkpoint, not its private copy
+            raise CheckpointError(str(e).replace(str(path), str(source))) from e
+        finally:  # everything is in memory now (or failed): the links go
+            shutil.rmtree(path, ignore_errors=True)
     elif adapter is not None:
         path = resolve_adapter(adapter)
         cfg = read_run_config(path)
@@ -163,7 +160,78 @@ def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | Non
     if not getattr(net, "is_loaded_in_4bit", False):
         net.to(dev)
     net.eval().requires_grad_(False)
-    return Policy(model=net, tokenizer=tok, device=dev, dtype=dt, finetune=finetune)
+    policy = Policy(model=net, tokenizer=tok, device=dev, dtype=dt, finetune=finetune)
+    policy.checkpoint = source  # the checkpoint directory read (a run dir resolves to one), or None
+    return policy
+
+
+def _from_checkpoint(path: Path, model: str | None, dt: torch.dtype, dev: torch.device) -> tuple[Any, Any, str]:
+    """(net, tokenizer, finetune) from the checkpoint files in `path`."""
+    cfg = read_run_config(path)
+    base_name = model or str(cfg.get("model") or "")
+    seed = cfg.get("seed", 0)
+    if type(seed) is not int:
+        raise CheckpointError(f"{path / 'config.yaml'} has no integer seed ({seed!r}); the checkpoint is damaged")
+    if (path / ADAPTER_FILE).is_file():
+        finetune = str(cfg.get("finetune", "lora"))
+        net, tok = _with_adapter(path, base_name, cfg.get("model"), dt, dev, seed, finetune == "qlora")
+        return net, tok, finetune
+    # full fine-tuning: the checkpoint is itself a transformers model directory
+    if model:
+        print(f"aha: warning: {path} holds full weights; --model {model} is ignored", file=sys.stderr)
+    net, tok = load_base(str(path), dt)
+    return net, tok, "full"
+
+
+PIN_TRIES = 5
+from aha.fsio import PIN_PREFIX  # noqa: E402 - checkpoints/.aha-pin-PID-step-N-*: a reader's private links
+
+
+def pin_checkpoint(source: str | Path) -> tuple[Path, Path]:
+    """(checkpoint, pinned): the checkpoint `source` resolves to (`resolve_checkpoint`), and a private
+    copy of its files to read instead - hard links beside it (no space, no time; a link keeps a file
+    alive after a trainer's keep_last rotation deletes the checkpoint), else copies in the temp dir.
+    The caller removes the copy once loaded (a killed reader's is removed by fsio.clean_stale). When `source` is a run directory and its latest
+    checkpoint vanishes while being linked, the next latest is taken (up to PIN_TRIES times); a
+    named checkpoint that vanishes is a CheckpointError saying so and what to pass instead."""
+    for _ in range(PIN_TRIES):
+        path = resolve_checkpoint(source)
+        pinned = _pin_dir(path)
+        try:
+            names = [f.name for f in path.iterdir() if f.is_file()]
+            for name in names:
+                _link_or_copy(path / name, pinned / name)
+            resolve_checkpoint(pinned)  # whole: meta.json, weights, adapter config, config.yaml
+            return path, pinned
+        except (FileNotFoundError, CheckpointError):
+            shutil.rmtree(pinned, ignore_errors=True)
+            if path.is_dir():  # still there: damaged, not rotated - say so about the checkpoint itself
+                resolve_checkpoint(path)
+                raise
+            if path == Path(source).expanduser():
+                raise CheckpointError(f"checkpoint {path} was removed while being read (a running trainer keeps only "
+                                      f"its keep_last newest); pass the run directory {path.parent.parent} to read its "
+                                      "latest checkpoint") from None
+    raise CheckpointError(f"the latest checkpoint of {source} was rotated away {PIN_TRIES} times while being read; "
+                          "try again, or pass a checkpoint directory the trainer keeps")
+
+
+def _pin_dir(path: Path) -> Path:
+    """An empty private directory beside `path` (same file system: hard links work), else in the temp dir."""
+    try:
+        pinned = Path(tempfile.mkdtemp(prefix=f"{PIN_PREFIX}{os.getpid()}-{path.name}-", dir=path.parent))
+    except OSError:  # a read-only run directory: copies in the temp dir instead
+        pinned = Path(tempfile.mkdtemp(prefix=f"aha-pin-{path.name}-"))
+    return pinned
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except FileNotFoundError:
+        raise
+    except OSError:  # another file system, or links not allowed there
+        shutil.copy2(src, dest)
 
 
 def _with_adapter(path: Path, base_name: str, recorded: str | None, dtype: torch.dtype, device: torch.device,

