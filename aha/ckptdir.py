@@ -50,16 +50,37 @@ def writing(run_dir: Path, step: int) -> Iterator[Path]:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or type(e) is RuntimeError:
-            # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
-            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            raise CheckpointError(f"could not write checkpoint step-{step} under {tmp.parent}: {cause}; free "
-                                  "disk space or make the output directory writable, then --resume") from e
+            raise CheckpointError(write_failure(run_dir, step, e)) from e
         raise
+
+
+LOW_SPACE = 64 * 2**20  # below this many free bytes after a failed write, the cause is a full disk
+
+
+def write_failure(run_dir: Path, step: int, err: BaseException) -> str:
+    """The one line for a checkpoint that could not be written: the path, the cause - "no space left" when
+    the disk is full, whatever the library's wording (torch says "file write failed") - and the fix:
+    --resume only when an earlier checkpoint exists to resume from."""
+    root = Path(run_dir) / "checkpoints"
+    cause = err.strerror if isinstance(err, OSError) and err.strerror else (str(err).splitlines() or [""])[0]
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(root if root.exists() else run_dir).free
+        if free < LOW_SPACE and "space" not in cause.lower():
+            cause += f" (no space left on the device: {free / 2**20:.0f} MiB free)"
+    earlier = [p for p in list_checkpoints(run_dir) if (step_of(p) or 0) < step and (p / META_FILE).is_file()]
+    then = ("then continue from the last checkpoint with --resume" if earlier else
+            "then start again: no checkpoint was saved yet, so there is nothing to --resume")
+    return (f"could not write checkpoint step-{step} under {root}: {cause}; free disk space or make the output "
+            f"directory writable, {then}")
 
 
 def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
     """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
-    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
+    try:
+        (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
+    except OSError as e:  # a full disk at the last, smallest file: the path, and nothing half-written left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{tmp / META_FILE}: " + write_failure(run_dir, step, e)) from e
     # re-saving a step after a resume swaps the new one in, then deletes the old
     final = fsio.replace_dir(tmp, Path(run_dir) / "checkpoints" / f"step-{step}")
     for old in list_checkpoints(run_dir)[:-keep_last]:

@@ -236,11 +236,12 @@ class NamedFailures:
         if name not in JUDGES or not callable(value):
             return value
 
-        def judged(completion: str, ex: Any, *args: Any, **kwargs: Any) -> Any:
+        def judged(*args: Any, **kwargs: Any) -> Any:  # (completion, ex), or (completion,) for final_answer
             try:
-                return value(completion, ex, *args, **kwargs)
+                return value(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - a user's reward may raise anything: name it
-                raise self._named(name, completion, ex, e) from e
+                completion = str(args[0]) if args else ""
+                raise self._named(name, completion, args[1] if len(args) > 1 else None, e) from e
         return judged
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -255,14 +256,15 @@ class NamedFailures:
             for reward, (fn, _) in getattr(self._task, "rewards", {}).items():
                 try:
                     fn(completion, ex)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - the one that raised
                     what = f"reward {reward!r}"
                     break
         short = completion if len(completion) <= 60 else completion[:60] + "..."
         when = f" at step {self.step}" if self.step is not None else ""
+        where = f" on example {ex.id}," if getattr(ex, "id", None) is not None else " on"
         message = " ".join(str(err).split())[:160]
         return RewardError(f"{what} of task {getattr(self._task, 'name', type(self._task).__name__)} raised "
-                           f"{type(err).__name__}: {message}{when} on example {getattr(ex, 'id', '?')}, completion "
+                           f"{type(err).__name__}: {message}{when}{where} completion "
                            f"{short!r}; a reward must return a number for any text (AHA_DEBUG=1 shows the traceback)")
 
 

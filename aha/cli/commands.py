@@ -60,9 +60,20 @@ def train(args: argparse.Namespace) -> int:
         from aha.jax.train import train as run
     else:
         from aha.train import train as run
+    metrics = Path(cfg.output_dir) / "metrics.jsonl"
+    before = _stat(metrics)
     run_dir = run(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"aha: run written to {run_dir} (see `aha report {run_dir}`)", file=sys.stderr)
+    if args.resume is None or _stat(metrics) != before:  # a finished run resumed wrote nothing: its note said so
+        print(f"aha: run written to {run_dir} (see `aha report {run_dir}`)", file=sys.stderr)
     return 0
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def countdown(args: argparse.Namespace) -> int:
