@@ -201,7 +201,16 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     from aha.validation import validate  # it reads these dataclasses
 
     validate(cfg)
+    absolute_task_file(cfg)
     return cfg
+
+
+def absolute_task_file(cfg: Config) -> None:
+    """A task given as a relative `path/to/my_task.py:Class` that exists here becomes absolute, so the
+    run's saved config.yaml finds it from any directory (`aha eval --checkpoint` run elsewhere)."""
+    file, sep, cls = cfg.task.rpartition(":")
+    if sep and file.endswith(".py") and not Path(file).expanduser().is_absolute() and Path(file).is_file():
+        cfg.task = f"{Path(file).resolve()}:{cls}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
