@@ -112,3 +112,38 @@ def test_the_undamaged_checkpoint_still_resumes(trained, tmp_path):
     shutil.copytree(trained, run)
     assert main([*RUN_ARGS, f"output_dir={run}", "max_steps=4", "--resume"]) == 0
     assert json.loads((run / "checkpoints" / "step-4" / "meta.json").read_text())["step"] == 4
+
+
+# ---- the JAX backend's checkpoints (optimizer.npz, jax_state.json) ----
+
+JAX = [*RUN_ARGS, "backend=jax", "model=random:tiny-qwen2"]
+
+JAX_CASES = {
+    "state a list": (lambda c: (c / "jax_state.json").write_text("[1]"), "jax_state.json"),
+    "state not JSON": (lambda c: (c / "jax_state.json").write_text("{"), "jax_state.json"),
+    "state without cursor": (lambda c: (c / "jax_state.json").write_text('{"step": 2, "epoch": 0}'), "jax_state.json"),
+    "optimizer garbage": (lambda c: (c / "optimizer.npz").write_bytes(b"garbage"), "optimizer.npz"),
+    "optimizer truncated": (_truncate("optimizer.npz"), "optimizer.npz"),
+    "adapter truncated": (_truncate("adapter_model.safetensors"), "adapter_model.safetensors"),
+    "meta a list": (_meta("[2]"), "meta.json"),
+}
+
+
+@pytest.fixture(scope="module")
+def jax_trained(tmp_path_factory) -> Path:
+    pytest.importorskip("jax")
+    run = tmp_path_factory.mktemp("jaxckpt") / "run"
+    assert main([*JAX, f"output_dir={run}", "max_steps=2"]) == 0
+    return run
+
+
+@pytest.mark.parametrize("case", JAX_CASES)
+def test_a_damaged_jax_checkpoint_is_one_line_naming_the_file(jax_trained, tmp_path, capsys, case):
+    corrupt, file = JAX_CASES[case]
+    run = tmp_path / "run"
+    shutil.copytree(jax_trained, run)
+    corrupt(run / "checkpoints" / "step-2")
+    before = tree(run)
+    refused(capsys, [*JAX, f"output_dir={run}", "max_steps=3", "--resume"], file,
+            f"--resume {run / 'checkpoints' / 'step-1'}")
+    assert tree(run) == before

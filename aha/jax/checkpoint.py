@@ -29,6 +29,7 @@ from aha.ckptdir import (
     list_checkpoints,
     one_line,
     read_meta,
+    weights_problem,
     writing,
 )
 from aha.errors import CheckpointError
@@ -74,7 +75,33 @@ def verify(path: Path) -> dict[str, Any]:
     problem = adapter_config_problem(path)
     if problem:
         raise CheckpointError(f"{path / ADAPTER_CONFIG} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+    problem = weights_problem(path / ADAPTER_FILE)  # headers and small files only: before any model loads
+    if problem:
+        raise CheckpointError(f"{path / ADAPTER_FILE} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+    try:
+        with np.load(path / OPT_FILE) as f:  # the zip directory only
+            f.files  # noqa: B018
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, ValueError, OSError alike
+        raise CheckpointError(f"{path / OPT_FILE} is unreadable ({type(e).__name__}: {one_line(e, 100)}); "
+                              f"{earlier_hint(path)}") from e
+    read_state(path, meta["step"])
     return meta
+
+
+def read_state(path: Path, step: int) -> dict[str, Any]:
+    """jax_state.json, checked: an object with the data cursor (epoch, cursor: ints >= 0) of `step`."""
+    file = path / STATE_FILE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{file} is not valid JSON ({one_line(e, 80)}); {earlier_hint(path)}") from e
+    if not isinstance(state, dict) or any(type(state.get(k)) is not int or state[k] < 0 for k in ("epoch", "cursor")):
+        raise CheckpointError(f"{file} has no data cursor (integers epoch and cursor >= 0): the checkpoint is "
+                              f"damaged; {earlier_hint(path)}")
+    if state.get("step", step) != step:
+        raise CheckpointError(f"{file} is of step {state.get('step')}, but meta.json says {step}: the checkpoint is "
+                              f"damaged; {earlier_hint(path)}")
+    return state
 
 
 def load(path: Path, lora_template: Any, opt_template: Any, targets: tuple[str, ...],
@@ -91,14 +118,7 @@ def load(path: Path, lora_template: Any, opt_template: Any, targets: tuple[str, 
         detail = f" ({type(err).__name__}: {one_line(err, 120)})" if err is not None else ""
         return CheckpointError(f"{path / file} {why}{detail}; {earlier_hint(path)}")
 
-    try:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise damaged(STATE_FILE, "is not valid JSON", e) from e
-    if not isinstance(state, dict) or any(type(state.get(k)) is not int or state[k] < 0 for k in ("epoch", "cursor")):
-        raise damaged(STATE_FILE, "has no data cursor (integers epoch and cursor >= 0): the checkpoint is damaged")
-    if state.get("step", step) != step:
-        raise damaged(STATE_FILE, f"is of step {state.get('step')}, but meta.json says {step}: the checkpoint is damaged")
+    state = read_state(path, step)
     try:
         lora = lora_lib.from_peft(load_file(str(path / ADAPTER_FILE)), model_cfg, targets)
     except Exception as e:  # noqa: BLE001 - a truncated file, a key of another model: the same fix
