@@ -190,11 +190,12 @@ def max_positions(config: Any) -> int | None:
 
 
 def check_context(tokenizer: Any, config: Any, examples: Sequence[Any], max_new_tokens: int,
-                  render: Any, split: str = "train") -> None:
+                  render: Any, split: str = "train", budget: str = "rollout.max_new_tokens=") -> None:
     """Refuse (ConfigError, one line) prompts that cannot fit the model's context with the completion
     budget: longest prompt tokens + max_new_tokens > max positions. Past it, position ids run off the
     embedding table (an IndexError mid-rollout) or attention's memory explodes. Checks the
-    LONGEST_CHECKED longest prompts by characters, rendered by `render(tokenizer, prompt)`."""
+    LONGEST_CHECKED longest prompts by characters, rendered by `render(tokenizer, prompt)`. `budget`:
+    how the message names the completion budget (`--max-new-tokens ` in `aha eval`)."""
     limit = max_positions(config)
     if not limit or not examples:
         return
@@ -206,9 +207,9 @@ def check_context(tokenizer: Any, config: Any, examples: Sequence[Any], max_new_
                for ex in heapq.nlargest(LONGEST_CHECKED, examples, key=lambda ex: chars(ex.prompt))]
     longest, ex_id = max(lengths)
     if longest + max_new_tokens > limit:
-        fix = (f"lower rollout.max_new_tokens to {limit - longest} or less" if longest < limit
+        fix = (f"lower {budget.rstrip('= ')} to {limit - longest} or less" if longest < limit
                else "shorten or drop the long prompts")
-        raise ConfigError(f"the longest {split} prompt ({ex_id}) is {longest} tokens; with rollout.max_new_tokens="
+        raise ConfigError(f"the longest {split} prompt ({ex_id}) is {longest} tokens; with {budget}"
                           f"{max_new_tokens} that is {longest + max_new_tokens}, past the model's context of {limit} "
                           f"positions: {fix} (or use a model with a longer context)")
 

@@ -33,3 +33,16 @@ def test_a_prompt_that_fits_only_without_the_completion_budget_names_the_budget_
                    "with rollout.max_new_tokens=2000 that is", "lower rollout.max_new_tokens to ")
     longest = int(line.split(" is ")[1].split()[0])
     assert f"lower rollout.max_new_tokens to {2048 - longest} or less" in line and not out.exists()
+
+
+def test_aha_eval_refuses_the_same_naming_its_own_option(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "long.jsonl"
+    question = "Add these: " + " + ".join(str(i % 10) for i in range(300)) + "?"
+    data.write_text(json.dumps({"question": question, "answer": "#### 1"}) + "\n")
+    line = refused(capsys, ["eval", "--model", "random:tiny-qwen2", "--task", "gsm8k", "--data", str(data),
+                            "--max-new-tokens", "2000", "--json", str(tmp_path / "e.json")],
+                   "the longest test prompt (gsm8k/test/0) is ", "with --max-new-tokens 2000 that is",
+                   "lower --max-new-tokens to ")
+    assert not (tmp_path / "e.json").exists(), line

@@ -171,6 +171,12 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
 
     t0 = time.perf_counter()
     policy = load_trained(args.checkpoint, args.adapter, args.model, args.device, args.dtype)
+    from aha.guards import check_context
+    from aha.rollout import render_prompt
+
+    examples = task.examples(args.split)[:args.limit]  # past the model's context: one line, not an IndexError
+    check_context(policy.tokenizer, policy.model.config, examples, max_new_tokens, render_prompt, args.split,
+                  budget="--max-new-tokens ")
     t_load = time.perf_counter()
     result = evaluate(policy.model, policy.tokenizer, task, split=args.split, limit=args.limit,
                       batch_size=args.batch_size, max_new_tokens=max_new_tokens, engine=engine,
