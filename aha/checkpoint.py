@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from aha import guards
-from aha.ckptdir import ADAPTER_FILE, MODEL_FILE, commit, one_line, read_meta, writing
+from aha.ckptdir import (ADAPTER_CONFIG, ADAPTER_FILE, MODEL_FILE, adapter_config_problem, commit, earlier_hint,
+                         one_line, read_meta, weights_problem, writing)
 from aha.errors import CheckpointError
 from aha.model import unwrap
 from aha.seeding import resharded_sampling_seed, seed_rngs
@@ -63,7 +64,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, optim
 
 
 def verify(path: Path) -> dict[str, Any]:
-    """The checkpoint's meta, or a CheckpointError saying what is wrong with it."""
+    """The checkpoint's meta, or a CheckpointError naming the file that is missing or wrong (meta.json,
+    the weights, adapter_config.json beside an adapter, trainer_state.pt, config.yaml) and the fix."""
     path = Path(path)
     meta = read_meta(path)
     if meta.get("backend", "torch") != "torch":
@@ -71,10 +73,62 @@ def verify(path: Path) -> dict[str, Any]:
                               f"backend={meta['backend']} (`aha eval --checkpoint` can still load its adapter)")
     weights = [f for f in (ADAPTER_FILE, MODEL_FILE) if (path / f).exists()]
     missing = [f for f in (STATE_FILE, "config.yaml") if not (path / f).exists()]
+    if ADAPTER_FILE in weights:  # eval, export and play cannot load the adapter without its config
+        problem = adapter_config_problem(path)
+        if problem == "missing":
+            missing.append(ADAPTER_CONFIG)
+        elif problem:
+            raise CheckpointError(f"{path / ADAPTER_CONFIG} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
     if missing or not weights:
-        raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing) or 'its weights'}; "
-                              "resume from an earlier one with --resume PATH")
+        what = ", ".join(missing) + (" and " if missing and not weights else "") + \
+            ("its weights" if not weights else "")
+        raise CheckpointError(f"checkpoint {path} is missing {what}; {earlier_hint(path)}")
+    for name in weights:  # the header only: a truncated or empty file is refused before any model loads
+        problem = weights_problem(path / name)
+        if problem:
+            raise CheckpointError(f"{path / name} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+    read_state(path, meta["step"], mmap=True)  # memory-mapped: checking even a large optimizer state costs little
     return meta
+
+
+def read_state(path: Path, step: int, mmap: bool = False) -> dict[str, Any]:
+    """trainer_state.pt of checkpoint `path`, checked for what `load` needs: a dict holding `step`
+    (== meta.json's), `epoch` and `cursor` (ints >= 0), the optimizer's and scheduler's state dicts
+    and the RNG states. Raises CheckpointError naming the file and an earlier checkpoint."""
+    file = path / STATE_FILE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 - pickle, zip, EOF and OS errors alike mean an unreadable file
+        raise CheckpointError(f"{file} is unreadable ({type(e).__name__}: {one_line(e, 120)}); "
+                              f"{earlier_hint(path)}") from e
+    problem = state_problem(state, step)
+    if problem:
+        raise CheckpointError(f"{file} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+    return state
+
+
+def state_problem(state: Any, step: int) -> str | None:
+    """What is wrong with a loaded trainer state (a phrase after its path), or None."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not the trainer's state"
+    for key in ("step", "epoch", "cursor"):
+        if type(state.get(key)) is not int or state[key] < 0:
+            return f"has no {key} (an integer >= 0)"
+    if state["step"] != step:
+        return f"is of step {state['step']}, but meta.json says {step}"
+    optimizer = state.get("optimizer")
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict) and isinstance(groups, list)
+            and groups and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
+        return "has no optimizer state"
+    if not isinstance(state.get("scheduler"), dict):
+        return "has no learning-rate scheduler state"
+    rngs = state.get("rng")
+    rngs = [rngs] if isinstance(rngs, dict) else rngs
+    if not (isinstance(rngs, list) and rngs and all(isinstance(r, dict) and isinstance(r.get("python"), (list, tuple))
+                                                    and torch.is_tensor(r.get("torch")) for r in rngs)):
+        return "has no valid RNG states"
+    return None
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -98,7 +152,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     from safetensors.torch import load_file
 
     path = Path(path)
-    verify(path)
+    meta = verify(path)
+    state = read_state(path, meta["step"])  # checked before any weight is touched
+    weights = path / (ADAPTER_FILE if hasattr(model, "peft_config") else MODEL_FILE)
     try:
         if hasattr(model, "peft_config"):
             from peft import set_peft_model_state_dict
@@ -106,36 +162,43 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
             if not (path / ADAPTER_FILE).exists():
                 raise CheckpointError(f"checkpoint {path} holds full weights but this run uses LoRA "
                                       "(finetune=lora/qlora); resume with the run's own config")
-            result = set_peft_model_state_dict(model, load_file(path / ADAPTER_FILE))
+            result = set_peft_model_state_dict(model, load_file(weights))
             bad = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
             if bad:
                 raise CheckpointError(f"checkpoint {path}: adapter does not match this model ({bad[0]} ...)")
+            absent = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+            if absent:  # an adapter file without (some of) this model's LoRA weights would train from init
+                raise CheckpointError(f"{weights} lacks {len(absent)} of this model's LoRA weights (e.g. {absent[0]}): "
+                                      f"the file is damaged or of another config; {earlier_hint(path)}")
         else:
             if not (path / MODEL_FILE).exists():
                 raise CheckpointError(f"checkpoint {path} holds a LoRA adapter but this run uses finetune=full")
             base = unwrap(model)
-            missing, unexpected = base.load_state_dict(load_file(path / MODEL_FILE), strict=False)
+            missing, unexpected = base.load_state_dict(load_file(weights), strict=False)
             # Tied embeddings are saved once; anything else missing means the wrong model.
             missing = [k for k in missing if k not in _tied_keys(base)]
             if missing or unexpected:
                 raise CheckpointError(f"checkpoint {path} does not match the model "
                                       f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__}: {one_line(e)}); "
-                              "resume from an earlier one with --resume PATH") from e
+        raise CheckpointError(f"{weights} is unreadable or does not fit this model ({type(e).__name__}: "
+                              f"{one_line(e)}); {earlier_hint(path)}") from e
     if not guards.finite([p for p in model.parameters() if p.requires_grad]):
-        raise CheckpointError(f"checkpoint {path} holds non-finite weights (NaN/inf, saved before aha refused "
-                              "to save them); resume from an earlier one with --resume PATH")
-    optimizer.load_state_dict(state.pop("optimizer"))
-    scheduler.load_state_dict(state.pop("scheduler"))
-    rngs = state.pop("rng")
-    rngs = [rngs] if isinstance(rngs, dict) else rngs  # checkpoints from before torchrun support hold one
-    if len(rngs) == world:
-        set_rng_state(rngs[rank])
-    else:  # resuming on another number of processes: same weights and data order, fresh sampling streams
+        raise CheckpointError(f"{weights} holds non-finite weights (NaN/inf, saved before aha refused "
+                              f"to save them); {earlier_hint(path)}")
+    try:
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+        rngs = state.pop("rng")
+        rngs = [rngs] if isinstance(rngs, dict) else rngs  # checkpoints from before torchrun support hold one
+        if len(rngs) == world:
+            set_rng_state(rngs[rank])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:  # state of another model or damaged
+        raise CheckpointError(f"{path / STATE_FILE} does not fit this run ({type(e).__name__}: {one_line(e, 120)}): "
+                              f"the optimizer or RNG state is damaged or of another config; {earlier_hint(path)}") from e
+    if len(rngs) != world:  # resuming on another number of processes: same weights and data order, fresh sampling streams
         import warnings
 
         warnings.warn(f"checkpoint {path} was written by {len(rngs)} process(es), this run has {world}: "

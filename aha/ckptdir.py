@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -49,21 +50,63 @@ def writing(run_dir: Path, step: int) -> Iterator[Path]:
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or type(e) is RuntimeError:
-            # torch.save and safetensors report a full disk as RuntimeError / SafetensorError
-            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-            raise CheckpointError(f"could not write checkpoint step-{step} under {tmp.parent}: {cause}; free "
-                                  "disk space or make the output directory writable, then --resume") from e
+            raise CheckpointError(write_failure(run_dir, step, e)) from e
         raise
+
+
+LOW_SPACE = 64 * 2**20  # below this many free bytes after a failed write, the cause is a full disk
+
+
+def write_failure(run_dir: Path, step: int, err: BaseException) -> str:
+    """The one line for a checkpoint that could not be written: the path, the cause - "no space left" when
+    the disk is full, whatever the library's wording (torch says "file write failed") - and the fix:
+    --resume only when an earlier checkpoint exists to resume from."""
+    root = Path(run_dir) / "checkpoints"
+    cause = err.strerror if isinstance(err, OSError) and err.strerror else (str(err).splitlines() or [""])[0]
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(root if root.exists() else run_dir).free
+        if free < LOW_SPACE and "space" not in cause.lower():
+            cause += f" (no space left on the device: {free / 2**20:.0f} MiB free)"
+    earlier = [p for p in list_checkpoints(run_dir) if (step_of(p) or 0) < step and (p / META_FILE).is_file()]
+    then = ("then continue from the last checkpoint with --resume" if earlier else
+            "then start again: no checkpoint was saved yet, so there is nothing to --resume")
+    return (f"could not write checkpoint step-{step} under {root}: {cause}; free disk space or make the output "
+            f"directory writable, {then}")
 
 
 def commit(run_dir: Path, tmp: Path, step: int, keep_last: int, **meta: Any) -> Path:
     """Write meta.json last, rename the directory into place, keep the last `keep_last`."""
-    (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
+    try:
+        (tmp / META_FILE).write_text(json.dumps({"step": step, "complete": True, **meta}))
+    except OSError as e:  # a full disk at the last, smallest file: the path, and nothing half-written left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{tmp / META_FILE}: " + write_failure(run_dir, step, e)) from e
     # re-saving a step after a resume swaps the new one in, then deletes the old
     final = fsio.replace_dir(tmp, Path(run_dir) / "checkpoints" / f"step-{step}")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         fsio.remove_tree(old)
     return final
+
+
+ABANDONED_PREFIX = "abandoned-"  # checkpoints/abandoned-TIME-from-step-K/: a timeline left by a resume
+
+
+def set_aside_later(run_dir: Path, step: int) -> Path | None:
+    """One timeline per run directory: resuming from step `step` while later checkpoints exist makes
+    those another timeline (the logs are trimmed to `step` at the same moment). They are moved, not
+    deleted, into checkpoints/abandoned-TIME-from-step-K/, where `--resume`, eval, export and play no
+    longer see them. Returns that directory, or None when nothing was later. Call it holding the run
+    lock, once every check has passed."""
+    later = [p for p in list_checkpoints(run_dir) if (step_of(p) or 0) > step]
+    if not later:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = Path(run_dir) / "checkpoints" / f"{ABANDONED_PREFIX}{stamp}-from-step-{step}"
+    dest.mkdir(exist_ok=True)
+    for p in later:
+        os.replace(p, dest / p.name)
+    fsio.fsync_dir(dest.parent)
+    return dest
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -82,15 +125,96 @@ def latest(run_dir: Path) -> Path:
     return ckpts[-1]
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json of a checkpoint directory, or a CheckpointError if the directory is not a whole checkpoint."""
+def read_meta(path: Path, flag: str = "--resume") -> dict[str, Any]:
+    """meta.json of a checkpoint directory, checked: a JSON object with an integer `step` >= 0 (for
+    --resume also matching the directory's step-N), `complete` true, a known `backend`. Anything else is a
+    CheckpointError naming the file and an earlier checkpoint to use with `flag` (--resume for
+    training, --checkpoint for eval/export/play)."""
+    path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist; {earlier_hint(path, flag)}")
+    file = path / META_FILE
     try:
-        return json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise CheckpointError(f"checkpoint {path} is incomplete (no valid {META_FILE}); it was not fully written. "
-                              "Resume from an earlier one with --resume PATH") from None
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} is incomplete (no {META_FILE}): it was not fully written; "
+                              f"{earlier_hint(path, flag)}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file} is not valid JSON ({one_line(e, 80)}): the checkpoint was not fully "
+                              f"written or was damaged; {earlier_hint(path, flag)}") from None
+    problem = meta_problem(meta, path)
+    if not problem and flag == "--resume" and step_of(path) not in (None, meta["step"]):
+        # the run would continue from the wrong step (eval, export and play do not care)
+        problem = f"says step {meta['step']} but the directory is {path.name}"
+    if problem:
+        raise CheckpointError(f"{file} {problem}: the checkpoint is damaged; {earlier_hint(path, flag)}")
+    return meta
+
+
+def meta_problem(meta: Any, path: Path) -> str | None:
+    """What is wrong with a parsed meta.json (a phrase after its path), or None."""
+    if not isinstance(meta, dict):
+        return f"holds a {type(meta).__name__}, not a JSON object"
+    step = meta.get("step")
+    if type(step) is not int or step < 0:
+        return f"has no step number ('step': {json.dumps(step)})"
+    if meta.get("complete", True) is not True:
+        return f"is not marked complete ('complete': {json.dumps(meta.get('complete'))})"
+    if meta.get("backend", "torch") not in ("torch", "jax"):
+        return f"names an unknown backend ({json.dumps(meta.get('backend'))}; torch or jax)"
+    return None
+
+
+def adapter_config_problem(path: Path) -> str | None:
+    """What is wrong with the adapter_config.json in `path` ("missing", or a phrase after its path), or None."""
+    file = Path(path) / ADAPTER_CONFIG
+    if not file.is_file():
+        return "missing"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"is not valid JSON ({one_line(e, 80)})"
+    if not isinstance(data, dict) or not isinstance(data.get("r"), int):
+        return "is not a LoRA adapter's config (no integer 'r')"
+    return None
+
+
+def weights_problem(file: Path) -> str | None:
+    """What is wrong with a safetensors file, from its header alone (a phrase after its path), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as f:
+            keys = list(f.keys())
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: unreadable either way
+        return f"is unreadable ({type(e).__name__}: {one_line(e, 100)})"
+    return None if keys else "holds no tensors"
+
+
+def step_of(path: Path) -> int | None:
+    """N of a step-N directory name, or None."""
+    m = _STEP_RE.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def earlier_hint(path: Path, flag: str = "--resume") -> str:
+    """The fix for an unusable checkpoint: the latest earlier one of the same run with a valid
+    meta.json (`FLAG PATH`), or how to go on without one."""
+    path = Path(path)
+    step = step_of(path)
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    if run is not None and step is not None:
+        for other in reversed(list_checkpoints(run)):
+            if (step_of(other) or 0) < step:
+                try:
+                    meta = json.loads((other / META_FILE).read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, ValueError):
+                    continue
+                if meta_problem(meta, other) is None:
+                    return f"use an earlier checkpoint: {flag} {other}"
+    if flag == "--resume":
+        return "no earlier checkpoint of this run is whole: pass another with --resume PATH, or start again with --overwrite"
+    return f"no earlier checkpoint of this run is whole: pass another with {flag} PATH"
 
 
 def checkpoint_to_resume(run_dir: Path, resume: str | None, overwrite: bool,
@@ -122,7 +246,7 @@ def finished_note(path: Path | None, cfg: Any) -> str | None:
     nothing to train, and nothing in the run directory is touched. None otherwise (and for a fresh run)."""
     if path is None:
         return None
-    step = read_meta(path)["step"]
+    step = read_meta(path)["step"]  # checked: an int
     if step < cfg.max_steps:
         return None
     return (f"aha: the run in {cfg.output_dir} already reached max_steps={cfg.max_steps}; nothing to train "
@@ -143,11 +267,11 @@ def check_config(path: Path, current: dict[str, Any]) -> str | None:
     try:
         saved = yaml.safe_load((path / "config.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt (config.yaml: {one_line(e)}); "
-                              "resume from an earlier one with --resume PATH") from e
+        raise CheckpointError(f"{path / 'config.yaml'} is corrupt ({one_line(e)}); "
+                              f"{earlier_hint(path)}") from e
     if not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint {path} is corrupt (config.yaml is not a mapping of config keys); "
-                              "resume from an earlier one with --resume PATH")
+        raise CheckpointError(f"{path / 'config.yaml'} is not a mapping of config keys: the checkpoint is damaged; "
+                              f"{earlier_hint(path)}")
     refused, changed = resume_diff(saved, current)
     if refused:
         raise ConfigError(f"cannot resume {path}: its saved state depends on settings that differ now: "

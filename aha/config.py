@@ -201,7 +201,16 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     from aha.validation import validate  # it reads these dataclasses
 
     validate(cfg)
+    absolute_task_file(cfg)
     return cfg
+
+
+def absolute_task_file(cfg: Config) -> None:
+    """A task given as a relative `path/to/my_task.py:Class` that exists here becomes absolute, so the
+    run's saved config.yaml finds it from any directory (`aha eval --checkpoint` run elsewhere)."""
+    file, sep, cls = cfg.task.rpartition(":")
+    if sep and file.endswith(".py") and not Path(file).expanduser().is_absolute() and Path(file).is_file():
+        cfg.task = f"{Path(file).resolve()}:{cls}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -273,7 +282,11 @@ def set_key(obj: Any, dotted: str, value: Any, full_name: str | None = None) -> 
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if head not in fields:
         # a typo (difflib), else a shortened name (every key with the same first three letters)
-        close = difflib.get_close_matches(head, fields, n=2) or [k for k in fields if k.startswith(head[:3])]
+        # a near-certain typo (lr_schedul), else the word before "_" (lr_rate -> lr, not lr_schedule), else a
+        # likely typo (difflib), else a shortened name (every key with the same first three letters)
+        stem = [head.split("_")[0]] if "_" in head and head.split("_")[0] in fields else []
+        close = (difflib.get_close_matches(head, fields, n=2, cutoff=0.85) or stem
+                 or difflib.get_close_matches(head, fields, n=2) or [k for k in fields if k.startswith(head[:3])])
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"unknown config key {name!r}{hint}; known keys here: {', '.join(fields)}")
     current = getattr(obj, head)

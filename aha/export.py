@@ -96,7 +96,7 @@ def export(source: str | Path, out: str | Path, adapter_only: bool = False, dtyp
             notes = write_adapter(src, tmp, model)
         else:
             notes = write_merged(src, tmp, dtype, model)
-        (tmp / "README.md").write_text(model_card(src, out.name, adapter_only, notes))
+        (tmp / "README.md").write_text(model_card(src, out.name, adapter_only, notes, location=str(out)))
         _readable(tmp)
         replace_dir(tmp, out)  # with --overwrite, the old export goes only once the new one is in place
         done = True

@@ -127,6 +127,25 @@ def _delete(path: Path) -> None:
         path.unlink()
 
 
+PIN_PREFIX = ".aha-pin-"  # checkpoints/.aha-pin-PID-step-N-*: a reader's private links (aha/trained.py)
+
+
+def _dead_pin(name: str) -> bool:
+    """A reader's pinned copy whose process is gone (killed before removing it)."""
+    if not name.startswith(PIN_PREFIX):
+        return False
+    pid = name[len(PIN_PREFIX):].partition("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 def clean_stale(run_dir: str | Path) -> list[Path]:
     """Remove what killed writes left in a run directory (call it holding the run lock: no other
     writer is alive then). Returns the paths removed."""
@@ -136,7 +155,7 @@ def clean_stale(run_dir: str | Path) -> list[Path]:
         if not d.is_dir():
             continue
         for p in d.iterdir():
-            if TMP_MARK in p.name or p.name.startswith((TRASH_PREFIX, STALE_CKPT_PREFIX)):
+            if TMP_MARK in p.name or p.name.startswith((TRASH_PREFIX, STALE_CKPT_PREFIX)) or _dead_pin(p.name):
                 with contextlib.suppress(FileNotFoundError):
                     _delete(p)
                 removed.append(p)

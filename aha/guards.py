@@ -14,9 +14,12 @@
 
 from __future__ import annotations
 
+import heapq
 import importlib.util
 import inspect
+import json
 import math
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -129,7 +132,141 @@ def train_examples(task: Any, cfg: Any) -> Sequence[Any]:
     require_examples(examples, cfg.task, "train", cfg.task_options)
     if cfg.eval_every or cfg.probe_every:
         require_examples(task.examples("test"), cfg.task, "test", cfg.task_options)
+    # the periodic eval is what a test split that repeats train prompts would mislabel as held out
+    warning = overlap_warning(task, cfg.task, "test", train=examples) if cfg.eval_every else None
+    if warning and os.environ.get("RANK", "0") == "0":
+        print(warning, file=sys.stderr, flush=True)
     return examples
+
+
+def _prompt_key(prompt: Any) -> str:
+    """A prompt (text or chat messages) as a comparable string."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, default=str)
+
+
+def split_overlap(task: Any, split: str, train: Sequence[Any] | None = None) -> tuple[int, int, str] | None:
+    """(shared, total, an example) when prompts of `split` also appear in the task's train split, else
+    None (also when either split cannot be loaded: its own check reports that). `train`: the train
+    examples if already loaded."""
+    if split == "train":
+        return None
+    try:
+        train = task.examples("train") if train is None else train
+        held_out = task.examples(split)
+    except Exception:  # noqa: BLE001 - no such split, no data here: nothing to compare
+        return None
+    seen = {_prompt_key(ex.prompt) for ex in train}
+    shared = [ex for ex in held_out if _prompt_key(ex.prompt) in seen]
+    if not shared:
+        return None
+    text = shared[0].prompt if isinstance(shared[0].prompt, str) else _prompt_key(shared[0].prompt)
+    return len(shared), len(held_out), " ".join(text.split())[-80:]
+
+
+def overlap_warning(task: Any, name: str, split: str, train: Sequence[Any] | None = None) -> str | None:
+    """One loud line when the held-out split shares prompts with the train split (a "held-out" eval
+    of training problems), or None."""
+    overlap = split_overlap(task, split, train)
+    if overlap is None:
+        return None
+    shared, total, example = overlap
+    return (f"aha: warning: {shared} of the {total} {split} prompts of task {name} are also train prompts (e.g. "
+            f"...{example!r}): the {split} accuracy is not held out; point the task's train and {split} data "
+            "at disjoint files")
+
+
+# The config keys that hold a model's context length (positions), by architecture family.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+LONGEST_CHECKED = 64  # prompts tokenized, the longest by characters: tokens grow with characters
+
+
+def max_positions(config: Any) -> int | None:
+    """The model's context length from its config, or None when it does not say."""
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if type(value) is int and value > 0:
+            return value
+    return None
+
+
+def check_context(tokenizer: Any, config: Any, examples: Sequence[Any], max_new_tokens: int,
+                  render: Any, split: str = "train", budget: str = "rollout.max_new_tokens=") -> None:
+    """Refuse (ConfigError, one line) prompts that cannot fit the model's context with the completion
+    budget: longest prompt tokens + max_new_tokens > max positions. Past it, position ids run off the
+    embedding table (an IndexError mid-rollout) or attention's memory explodes. Checks the
+    LONGEST_CHECKED longest prompts by characters, rendered by `render(tokenizer, prompt)`. `budget`:
+    how the message names the completion budget (`--max-new-tokens ` in `aha eval`)."""
+    limit = max_positions(config)
+    if not limit or not examples:
+        return
+
+    def chars(prompt: Any) -> int:
+        return len(prompt) if isinstance(prompt, str) else sum(len(str(m.get("content", ""))) for m in prompt)
+
+    lengths = [(len(tokenizer(render(tokenizer, ex.prompt))["input_ids"]), ex.id)
+               for ex in heapq.nlargest(LONGEST_CHECKED, examples, key=lambda ex: chars(ex.prompt))]
+    longest, ex_id = max(lengths)
+    if longest + max_new_tokens > limit:
+        fix = (f"lower {budget.rstrip('= ')} to {limit - longest} or less" if longest < limit
+               else "shorten or drop the long prompts")
+        raise ConfigError(f"the longest {split} prompt ({ex_id}) is {longest} tokens; with {budget}"
+                          f"{max_new_tokens} that is {longest + max_new_tokens}, past the model's context of {limit} "
+                          f"positions: {fix} (or use a model with a longer context)")
+
+
+# ---------------------------------------------------------------------------- a reward that raises
+
+class RewardError(AhaError):
+    """A task's reward or judge raised: named with the step and the completion (AHA_DEBUG=1: traceback)."""
+
+
+JUDGES = ("score", "is_correct", "is_correct_lenient", "is_formatted", "final_answer")
+
+
+class NamedFailures:
+    """A task whose rewards and judges, when they raise, raise a RewardError naming the reward, the
+    step (`step`, set by the training loop; None in `aha eval`), the example and a short repr of the
+    completion, instead of ending the run with a bare message or a traceback into the task's file.
+    Everything else is the task's own (attributes are passed through)."""
+
+    def __init__(self, task: Any):
+        self.__dict__["_task"], self.__dict__["step"] = task, None
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._task, name)
+        if name not in JUDGES or not callable(value):
+            return value
+
+        def judged(*args: Any, **kwargs: Any) -> Any:  # (completion, ex), or (completion,) for final_answer
+            try:
+                return value(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - a user's reward may raise anything: name it
+                completion = str(args[0]) if args else ""
+                raise self._named(name, completion, args[1] if len(args) > 1 else None, e) from e
+        return judged
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "step":
+            self.__dict__["step"] = value
+        else:
+            setattr(self._task, name, value)
+
+    def _named(self, judge: str, completion: str, ex: Any, err: Exception) -> RewardError:
+        what = f"{judge}()"
+        if judge == "score":  # which reward: the first that raises again on the same text
+            for reward, (fn, _) in getattr(self._task, "rewards", {}).items():
+                try:
+                    fn(completion, ex)
+                except Exception:  # noqa: BLE001 - the one that raised
+                    what = f"reward {reward!r}"
+                    break
+        short = completion if len(completion) <= 60 else completion[:60] + "..."
+        when = f" at step {self.step}" if self.step is not None else ""
+        where = f" on example {ex.id}," if getattr(ex, "id", None) is not None else " on"
+        message = " ".join(str(err).split())[:160]
+        return RewardError(f"{what} of task {getattr(self._task, 'name', type(self._task).__name__)} raised "
+                           f"{type(err).__name__}: {message}{when}{where} completion "
+                           f"{short!r}; a reward must return a number for any text (AHA_DEBUG=1 shows the traceback)")
 
 
 # ---------------------------------------------------------------------------- non-finite values

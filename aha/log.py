@@ -172,7 +172,7 @@ def open_run(run_dir: Path, cfg: Config, config_yaml: str, step: int, resumed: b
     from aha import rundir
     from aha.trackers import open_trackers
 
-    rundir.prepare(run_dir, overwrite, resuming=resumed)
+    rundir.prepare(run_dir, overwrite, resuming=resumed, step=step)  # resumed: later checkpoints set aside
     fsio.atomic_write_text(run_dir / "config.yaml", config_yaml)
 
     resume_step = step if resumed else None

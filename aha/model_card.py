@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from aha.export import Source
 
 
-def model_card(src: Source, title: str, adapter_only: bool, notes: dict[str, str]) -> str:
-    """README.md for the export: what it is, how it was trained, how well it did, how to load it."""
+def model_card(src: Source, title: str, adapter_only: bool, notes: dict[str, str], location: str | None = None) -> str:
+    """README.md for the export: what it is, how it was trained, how well it did, how to load it (from
+    `location`, the --out path as given; default: `title`). The code runs as written."""
     from aha.export import loadable_base  # aha.export imports this module
 
     cfg = src.config
@@ -39,15 +40,16 @@ def model_card(src: Source, title: str, adapter_only: bool, notes: dict[str, str
         lines.append(f"- **Note**: {notes['qlora']}.")
     lines += ["", "## Use", ""]
     prompt = _sample_prompt(cfg)
+    where = location or title
     if adapter_only:
         lines += ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, "
                   "AutoTokenizer", "", f'base = AutoModelForCausalLM.from_pretrained("{loadable_base(base) or base}")',
-                  f'model = PeftModel.from_pretrained(base, "{title}")', f'tokenizer = AutoTokenizer.from_pretrained('
-                  f'"{title}")', "```"]
+                  f'model = PeftModel.from_pretrained(base, {where!r})', f'tokenizer = AutoTokenizer.from_pretrained('
+                  f'{where!r})', "```"]
     else:
         lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{title}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{title}")', *_encode_lines(prompt),
+                  f'model = AutoModelForCausalLM.from_pretrained({where!r})',
+                  f'tokenizer = AutoTokenizer.from_pretrained({where!r})', *_encode_lines(prompt),
                   "out = model.generate(**ids, max_new_tokens=256)  # greedy: generation_config.json sets no sampling",
                   "print(tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True))", "```"]
     sample = prompt if isinstance(prompt, str) or prompt is None else json.dumps(prompt, indent=1)
@@ -125,10 +127,12 @@ def _encode_lines(prompt: str | list[dict[str, str]] | None) -> list[str]:
     if isinstance(prompt, list):
         prefill = bool(prompt) and prompt[-1].get("role") == "assistant"
         how = "continue_final_message=True" if prefill else "add_generation_prompt=True"
-        return ["messages = [...]  # chat messages as in training, below",
+        return [f"messages = {prompt!r}  # chat messages as in training",
                 f"text = tokenizer.apply_chat_template(messages, tokenize=False, {how})",
                 'ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)']
-    return ['ids = tokenizer(prompt, return_tensors="pt")  # prompt: text as in training, below']
+    text = repr(prompt) if isinstance(prompt, str) else '"Question: ..."  # your prompt, in the training format'
+    return [f"prompt = {text}" + ("  # text as in training" if isinstance(prompt, str) else ""),
+            'ids = tokenizer(prompt, return_tensors="pt")']
 
 
 def _sample_prompt(cfg: dict[str, Any]) -> str | list[dict[str, str]] | None:

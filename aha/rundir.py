@@ -143,11 +143,21 @@ def replace_run(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME) if run_dir.is_dir() else []
 
 
-def prepare(run_dir: Path, overwrite: bool, resuming: bool) -> None:
+def prepare(run_dir: Path, overwrite: bool, resuming: bool, step: int | None = None) -> None:
     """Make the run directory ready to write, once every check has passed: stale temporary files of
-    killed writes removed and, for --overwrite of a fresh run, the old run replaced whole."""
+    killed writes removed; for --overwrite of a fresh run, the old run replaced whole; when resuming
+    from `step` with later checkpoints on disk, those moved aside (one timeline per run directory:
+    ckptdir.set_aside_later), with a note saying where."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fsio.clean_stale(run_dir)
+    if resuming and step is not None:
+        from aha.ckptdir import set_aside_later
+
+        moved = set_aside_later(run_dir, step)
+        if moved is not None:
+            names = ", ".join(sorted((p.name for p in moved.iterdir()), key=lambda n: int(n.rpartition("-")[2])))
+            print(f"aha: note: resuming from step {step}: the later checkpoints ({names}) belong to the timeline "
+                  f"this resume abandons; moved to {moved} (delete it when not needed)", file=sys.stderr)
     if overwrite and not resuming:
         kept = replace_run(run_dir)
         if kept:

@@ -67,10 +67,11 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
 
-    task = get_task(cfg.task, **cfg.task_options)
+    task = guards.NamedFailures(get_task(cfg.task, **cfg.task_options))  # a raising reward: named, with the step
     train_set = guards.train_examples(task, cfg)  # an empty split stops here, before anything is written
     learner = build_learner(cfg, device, d)
     render_prompt(learner.tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
+    guards.check_context(learner.tokenizer, learner.model.config, train_set, cfg.rollout.max_new_tokens, render_prompt)
     state: LoopState = fresh_state()
     if ckpt_path is not None:
         state.update(checkpoint.load(ckpt_path, learner.model, learner.optimizer, learner.scheduler,
@@ -96,6 +97,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     no_signal = 0  # consecutive steps in which every group's rewards were equal
     nonfinite = guards.NonFiniteGuard(cfg.max_nonfinite_steps, verbose=d.main)
     for step in range(state["step"] + 1, cfg.max_steps + 1):
+        task.step = step
         t0 = time.perf_counter()
         # 1-5. Prompts, rollout, score, advantages, update (`draw` again for DAPO's refill).
         res = grpo_step(learner, task, draw(), cfg, sampling, draw=draw)

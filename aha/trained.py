@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aha.ckptdir import ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, list_checkpoints
+from aha.ckptdir import (ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, adapter_config_problem, earlier_hint,
+                         list_checkpoints, read_meta, weights_problem)
 from aha.errors import CheckpointError, ModelError
 from aha.model import Policy, ensure_pad_token, load_base, resolve_device, resolve_dtype
 
@@ -44,8 +48,12 @@ def read_run_config(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as e:
-        raise CheckpointError(f"{file} is not valid YAML ({e}); the checkpoint is damaged") from e
-    return data if isinstance(data, dict) else {}
+        raise CheckpointError(f"{file} is not valid YAML ({' '.join(str(e).split())[:120]}); the checkpoint "
+                              f"is damaged: {earlier_hint(Path(path), '--checkpoint')}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} is not a mapping of config keys; the checkpoint is damaged: "
+                              f"{earlier_hint(Path(path), '--checkpoint')}")
+    return data
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -60,11 +68,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
             raise CheckpointError(f"run {path} has no complete checkpoint yet; train longer or lower save_every")
         path = complete[-1]
     if not _has_weights(path):
+        if (path / META_FILE).is_file() or (path / "config.yaml").is_file():  # a checkpoint that lost its weights
+            raise CheckpointError(f"checkpoint {path} holds no weights ({ADAPTER_FILE} or {MODEL_FILE}): it is "
+                                  f"damaged; {earlier_hint(path, '--checkpoint')}")
         raise CheckpointError(f"{path} holds no weights ({ADAPTER_FILE} or {MODEL_FILE}); it is not a "
                               "checkpoint - pass a runs/NAME/checkpoints/step-N directory")
-    if not (path / META_FILE).is_file():
-        raise CheckpointError(f"checkpoint {path} is incomplete (no {META_FILE}): it was not fully written; "
-                              "use an earlier checkpoint")
+    read_meta(path, flag="--checkpoint")  # missing, not JSON, wrong fields: the file and an earlier checkpoint
+    for name in (ADAPTER_FILE, MODEL_FILE):
+        problem = weights_problem(path / name) if (path / name).is_file() else None
+        if problem:
+            raise CheckpointError(f"{path / name} {problem}: the checkpoint is damaged; "
+                                  f"{earlier_hint(path, '--checkpoint')}")
+    problem = adapter_config_problem(path) if (path / ADAPTER_FILE).is_file() else None
+    if problem:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG} {'is ' if problem == 'missing' else ''}{problem}: the "
+                              f"checkpoint is damaged; {earlier_hint(path, '--checkpoint')}")
     if not (path / "config.yaml").is_file():
         raise CheckpointError(f"checkpoint {path} has no config.yaml, so its base model is unknown; "
                               f"load it with --adapter {path} --model BASE instead")
@@ -74,9 +92,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def resolve_adapter(path: str | Path) -> Path:
     """A LoRA adapter directory (one with adapter_config.json)."""
     path = Path(path).expanduser()
-    if not (path / ADAPTER_CONFIG).is_file():
+    problem = adapter_config_problem(path)
+    if problem == "missing":
         raise CheckpointError(f"{path} is not a LoRA adapter directory (no {ADAPTER_CONFIG}); "
                               "for a checkpoint use --checkpoint, for a full model --model")
+    if problem:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG} {problem}; the adapter is damaged")
+    if not (path / ADAPTER_FILE).is_file():
+        raise CheckpointError(f"adapter {path} has no {ADAPTER_FILE}; the adapter is incomplete")
     return path
 
 
@@ -110,19 +133,15 @@ def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | Non
         raise ModelError("give either a checkpoint or an adapter, not both")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    source = None
     if checkpoint is not None:
-        path = resolve_checkpoint(checkpoint)
-        cfg = read_run_config(path)
-        base_name = model or str(cfg.get("model") or "")
-        seed = int(cfg.get("seed", 0))
-        if (path / ADAPTER_FILE).is_file():
-            finetune = str(cfg.get("finetune", "lora"))
-            net, tok = _with_adapter(path, base_name, cfg.get("model"), dt, dev, seed, finetune == "qlora")
-        else:  # full fine-tuning: the checkpoint is itself a transformers model directory
-            finetune = "full"
-            if model:
-                print(f"aha: warning: {path} holds full weights; --model {model} is ignored", file=sys.stderr)
-            net, tok = load_base(str(path), dt)
+        source, path = pin_checkpoint(checkpoint)  # read from a private copy: a trainer may rotate it away
+        try:
+            net, tok, finetune = _from_checkpoint(path, model, dt, dev)
+        except CheckpointError as e:  # name the checkpoint, not its private copy
+            raise CheckpointError(str(e).replace(str(path), str(source))) from e
+        finally:  # everything is in memory now (or failed): the links go
+            shutil.rmtree(path, ignore_errors=True)
     elif adapter is not None:
         path = resolve_adapter(adapter)
         cfg = read_run_config(path)
@@ -141,13 +160,85 @@ def load_trained(checkpoint: str | Path | None = None, adapter: str | Path | Non
     if not getattr(net, "is_loaded_in_4bit", False):
         net.to(dev)
     net.eval().requires_grad_(False)
-    return Policy(model=net, tokenizer=tok, device=dev, dtype=dt, finetune=finetune)
+    policy = Policy(model=net, tokenizer=tok, device=dev, dtype=dt, finetune=finetune)
+    policy.checkpoint = source  # the checkpoint directory read (a run dir resolves to one), or None
+    return policy
+
+
+def _from_checkpoint(path: Path, model: str | None, dt: torch.dtype, dev: torch.device) -> tuple[Any, Any, str]:
+    """(net, tokenizer, finetune) from the checkpoint files in `path`."""
+    cfg = read_run_config(path)
+    base_name = model or str(cfg.get("model") or "")
+    seed = cfg.get("seed", 0)
+    if type(seed) is not int:
+        raise CheckpointError(f"{path / 'config.yaml'} has no integer seed ({seed!r}); the checkpoint is damaged")
+    if (path / ADAPTER_FILE).is_file():
+        finetune = str(cfg.get("finetune", "lora"))
+        net, tok = _with_adapter(path, base_name, cfg.get("model"), dt, dev, seed, finetune == "qlora")
+        return net, tok, finetune
+    # full fine-tuning: the checkpoint is itself a transformers model directory
+    if model:
+        print(f"aha: warning: {path} holds full weights; --model {model} is ignored", file=sys.stderr)
+    net, tok = load_base(str(path), dt)
+    return net, tok, "full"
+
+
+PIN_TRIES = 5
+from aha.fsio import PIN_PREFIX  # noqa: E402 - checkpoints/.aha-pin-PID-step-N-*: a reader's private links
+
+
+def pin_checkpoint(source: str | Path) -> tuple[Path, Path]:
+    """(checkpoint, pinned): the checkpoint `source` resolves to (`resolve_checkpoint`), and a private
+    copy of its files to read instead - hard links beside it (no space, no time; a link keeps a file
+    alive after a trainer's keep_last rotation deletes the checkpoint), else copies in the temp dir.
+    The caller removes the copy once loaded (a killed reader's is removed by fsio.clean_stale). When `source` is a run directory and its latest
+    checkpoint vanishes while being linked, the next latest is taken (up to PIN_TRIES times); a
+    named checkpoint that vanishes is a CheckpointError saying so and what to pass instead."""
+    for _ in range(PIN_TRIES):
+        path = resolve_checkpoint(source)
+        pinned = _pin_dir(path)
+        try:
+            names = [f.name for f in path.iterdir() if f.is_file()]
+            for name in names:
+                _link_or_copy(path / name, pinned / name)
+            resolve_checkpoint(pinned)  # whole: meta.json, weights, adapter config, config.yaml
+            return path, pinned
+        except (FileNotFoundError, CheckpointError):
+            shutil.rmtree(pinned, ignore_errors=True)
+            if path.is_dir():  # still there: damaged, not rotated - say so about the checkpoint itself
+                resolve_checkpoint(path)
+                raise
+            if path == Path(source).expanduser():
+                raise CheckpointError(f"checkpoint {path} was removed while being read (a running trainer keeps only "
+                                      f"its keep_last newest); pass the run directory {path.parent.parent} to read its "
+                                      "latest checkpoint") from None
+    raise CheckpointError(f"the latest checkpoint of {source} was rotated away {PIN_TRIES} times while being read; "
+                          "try again, or pass a checkpoint directory the trainer keeps")
+
+
+def _pin_dir(path: Path) -> Path:
+    """An empty private directory beside `path` (same file system: hard links work), else in the temp dir."""
+    try:
+        pinned = Path(tempfile.mkdtemp(prefix=f"{PIN_PREFIX}{os.getpid()}-{path.name}-", dir=path.parent))
+    except OSError:  # a read-only run directory: copies in the temp dir instead
+        pinned = Path(tempfile.mkdtemp(prefix=f"aha-pin-{path.name}-"))
+    return pinned
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except FileNotFoundError:
+        raise
+    except OSError:  # another file system, or links not allowed there
+        shutil.copy2(src, dest)
 
 
 def _with_adapter(path: Path, base_name: str, recorded: str | None, dtype: torch.dtype, device: torch.device,
                   seed: int, qlora: bool) -> tuple[torch.nn.Module, Any]:
     """Base model + the LoRA adapter saved in `path`; a mismatch is a CheckpointError."""
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not base_name:
@@ -163,8 +254,13 @@ def _with_adapter(path: Path, base_name: str, recorded: str | None, dtype: torch
     peft_cfg.inference_mode = True
     fix = f"it was trained on {recorded!r}: pass --model {recorded}" if recorded else "pass its base with --model NAME"
     try:
+        weights = load_file(path / ADAPTER_FILE)
+    except (SafetensorError, OSError) as e:  # truncated or not a safetensors file
+        raise CheckpointError(f"{path / ADAPTER_FILE} is unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                              f"the adapter is damaged: {earlier_hint(path, '--checkpoint')}") from e
+    try:
         net = get_peft_model(base, peft_cfg)
-        result = set_peft_model_state_dict(net, load_file(path / ADAPTER_FILE))
+        result = set_peft_model_state_dict(net, weights)
     except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, missing target modules
         first = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(f"adapter {path} does not fit base model {base_name!r} ({first}); {fix}") from e

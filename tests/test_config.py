@@ -254,7 +254,7 @@ def test_poisoned_config_on_the_command_line_writes_nothing(tmp_path: Path):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from conftest import REPO
 
     (tmp_path / "config.yaml").write_text("mine: 1\n")
     before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())

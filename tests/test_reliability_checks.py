@@ -218,3 +218,38 @@ def test_device_and_extras_are_checked_before_anything_slow(tmp_path, capsys, mo
     monkeypatch.setattr(aha.train, "get_task", no_task)
     refused(capsys, [*SMOKE, f"output_dir={tmp_path / 'r'}", override], message)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_full_disk_at_the_first_checkpoint_does_not_advise_resume(tmp_path, capsys, monkeypatch):
+    """torch says "file write failed" for a full disk: the line says "no space", and at the first
+    checkpoint the fix is to start again (there is nothing to --resume)."""
+    import shutil as shutil_mod
+
+    import aha.checkpoint
+    import aha.ckptdir
+
+    use_task(monkeypatch, RewardTask())
+    out = tmp_path / "run"
+    monkeypatch.setattr(aha.checkpoint.torch, "save", lambda obj, path, *a, **kw: (_ for _ in ()).throw(
+        RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")))
+    monkeypatch.setattr(aha.ckptdir.shutil, "disk_usage", lambda p: shutil_mod._ntuple_diskusage(10**9, 10**9, 4096))
+    line = refused(capsys, [*SMOKE, f"output_dir={out}", "max_steps=1"], "no space left on the device: 0 MiB free",
+                   "no checkpoint was saved yet, so there is nothing to --resume", after_steps=True)
+    assert "then continue" not in line
+
+
+def test_a_failed_meta_json_write_names_its_path(tmp_path, capsys, monkeypatch):
+    import aha.ckptdir
+
+    use_task(monkeypatch, RewardTask())
+    out = tmp_path / "run"
+    real = aha.ckptdir.Path.write_text
+
+    def write_text(self, *a, **k):
+        if self.name == "meta.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+    monkeypatch.setattr(aha.ckptdir.Path, "write_text", write_text)
+    line = refused(capsys, [*SMOKE, f"output_dir={out}", "max_steps=2", "save_every=1"], "meta.json: could not write "
+                   "checkpoint step-1", "No space left on device", after_steps=True)
+    assert str(out / "checkpoints") in line and os.listdir(out / "checkpoints") == []

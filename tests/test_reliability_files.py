@@ -153,7 +153,7 @@ def test_a_checkpoint_is_never_written_from_non_finite_weights(tmp_path, monkeyp
     # and one written before this guard existed is refused on resume, naming it
     monkeypatch.setattr(guards, "require_finite", lambda *a: None)
     path = checkpoint.save(tmp_path, 1, pol.model, pol.tokenizer, opt, sched, {"epoch": 0, "cursor": 0}, "x: 1", 3)
-    with pytest.raises(checkpoint.CheckpointError, match="step-1 holds non-finite weights"):
+    with pytest.raises(checkpoint.CheckpointError, match="step-1/adapter_model.safetensors holds non-finite weights"):
         checkpoint.load(path, pol.model, opt, sched)
 
 

@@ -60,9 +60,20 @@ def train(args: argparse.Namespace) -> int:
         from aha.jax.train import train as run
     else:
         from aha.train import train as run
+    metrics = Path(cfg.output_dir) / "metrics.jsonl"
+    before = _stat(metrics)
     run_dir = run(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"aha: run written to {run_dir} (see `aha report {run_dir}`)", file=sys.stderr)
+    if args.resume is None or _stat(metrics) != before:  # a finished run resumed wrote nothing: its note said so
+        print(f"aha: run written to {run_dir} (see `aha report {run_dir}`)", file=sys.stderr)
     return 0
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def countdown(args: argparse.Namespace) -> int:
@@ -142,9 +153,17 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
         raise ConfigError("--samples, --limit and --batch-size must be >= 1")
     cfg = _run_config(args)
     task, name, options = _task(args, cfg, default_task=None)
-    from aha.guards import require_examples
+    from aha.guards import NamedFailures
+
+    task = NamedFailures(task)  # a judge that raises: one line naming it, the example and the completion
+    from aha.guards import overlap_warning, require_examples, split_overlap
 
     require_examples(task.examples(args.split), name, args.split, options)  # before loading any model
+    # a "held-out" split holding prompts the model was trained on: said, and recorded in the JSON
+    train = _trained_on(args, cfg, name, task)
+    overlap = split_overlap(task, args.split, train=train)
+    if overlap:
+        print(overlap_warning(task, name, args.split, train=train), file=sys.stderr)
     rollout = cfg.get("rollout") or {}
     temperature = args.temperature if args.temperature is not None else (0.0 if args.samples == 1 else 1.0)
     max_new_tokens = args.max_new_tokens or int(rollout.get("max_new_tokens", 256))
@@ -152,6 +171,12 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
 
     t0 = time.perf_counter()
     policy = load_trained(args.checkpoint, args.adapter, args.model, args.device, args.dtype)
+    from aha.guards import check_context
+    from aha.rollout import render_prompt
+
+    examples = task.examples(args.split)[:args.limit]  # past the model's context: one line, not an IndexError
+    check_context(policy.tokenizer, policy.model.config, examples, max_new_tokens, render_prompt, args.split,
+                  budget="--max-new-tokens ")
     t_load = time.perf_counter()
     result = evaluate(policy.model, policy.tokenizer, task, split=args.split, limit=args.limit,
                       batch_size=args.batch_size, max_new_tokens=max_new_tokens, engine=engine,
@@ -168,9 +193,11 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
         "device": str(policy.device), "dtype": str(policy.dtype).removeprefix("torch."),
         "load_time": round(t_load - t0, 2), "eval_time": round(time.perf_counter() - t_load, 2),
     }
+    if overlap:
+        record["train_overlap"] = overlap[0]  # test examples whose prompt is also a train prompt
     if rows is not None:
         record["rows"] = rows
-    out = _eval_json_path(args, name)
+    out = _eval_json_path(args, name, getattr(policy, "checkpoint", None))
     print(format_table(record, _source_label(args)), file=sys.stderr if out == "-" else sys.stdout)
     text = json.dumps(record, indent=2, default=str) + "\n"
     if out == "-":
@@ -236,6 +263,20 @@ def _task(args: argparse.Namespace, cfg: dict[str, Any], default_task: str | Non
         raise ConfigError(f"task {name!r} does not accept these options {sorted(options)}: {e}") from e
 
 
+def _trained_on(args: argparse.Namespace, cfg: dict[str, Any], name: str, task: Any) -> list[Any]:
+    """The train examples to compare the eval split with: the run's own (its config's task options, so
+    a run trained on the file now evaluated is caught), else the task's train split unless --data
+    names the file to score (one path serves every split: its "train" would be itself). [] = none."""
+    from aha.tasks import get_task
+
+    try:
+        if cfg.get("task") == name:
+            return list(get_task(name, **dict(cfg.get("task_options") or {})).examples("train"))
+        return [] if args.data else list(task.examples("train"))
+    except Exception:  # noqa: BLE001 - the run's data moved, no train split: nothing to compare
+        return []
+
+
 def _source_label(args: argparse.Namespace) -> str:
     if args.checkpoint:
         return f"checkpoint {args.checkpoint}" + (f" (base {args.model})" if args.model else "")
@@ -244,17 +285,32 @@ def _source_label(args: argparse.Namespace) -> str:
     return f"model {args.model}"
 
 
-def _eval_json_path(args: argparse.Namespace, task: str) -> str:
+def _eval_json_path(args: argparse.Namespace, task: str, checkpoint: Path | None = None) -> str:
+    """--json, else eval-TASK-SPLIT.json beside what was evaluated: `checkpoint` (the one loaded, which a
+    run dir resolved to) unless a trainer has rotated it away meanwhile - then the current directory."""
     if args.json:
         return args.json
-    name = f"eval-{task}-{args.split}.json"
-    if args.checkpoint:
-        from aha.trained import resolve_checkpoint
-
-        return str(resolve_checkpoint(args.checkpoint) / name)
+    name = f"eval-{_file_word(task)}-{_file_word(args.split)}.json"
+    if checkpoint is not None:
+        if checkpoint.is_dir():
+            return str(checkpoint / name)
+        print(f"aha: note: {checkpoint} was removed while it was evaluated (keep_last); results go to the "
+              "current directory", file=sys.stderr)
+        return name.replace(".json", f"-{checkpoint.name}.json")
     if args.adapter:
         return str(Path(args.adapter) / name)
     return name
+
+
+def _file_word(text: str) -> str:
+    """`text` as one file-name word: a task given as /abs/path/my_task.py:MyTask becomes my_task.MyTask
+    (not folders named after the path, and no colon, which some file systems refuse)."""
+    import re
+
+    file, sep, cls = text.rpartition(":")
+    if sep and file.endswith(".py"):
+        text = f"{Path(file).stem}.{cls}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "task"
 
 
 def _write_atomic(path: Path, text: str) -> None:

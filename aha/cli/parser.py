@@ -54,8 +54,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_task_arguments(p: argparse.ArgumentParser, default_task: str | None) -> None:
     t = p.add_argument_group("task (defaults to the checkpoint's own task and options)")
-    t.add_argument("--task", default=None, help="gsm8k | countdown" + (f" (default: {default_task})"
-                                                                        if default_task else ""))
+    from aha.tasks import TASKS  # a dict of names: importing it loads no task
+
+    t.add_argument("--task", default=None, help=" | ".join(TASKS) + " | path/to/my_task.py:ClassName"
+                   + (f" (default: {default_task})" if default_task else ""))
     t.add_argument("--data", metavar="PATH", help="local data file for the task (sets the task option data=PATH)")
     t.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a task option, repeatable, e.g. template=chat or n_test=200 (values read as YAML)")

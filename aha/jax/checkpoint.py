@@ -22,11 +22,14 @@ import numpy as np
 from aha.ckptdir import (
     ADAPTER_CONFIG,
     ADAPTER_FILE,
-    META_FILE,
+    adapter_config_problem,
     commit,
+    earlier_hint,
     latest,
     list_checkpoints,
+    one_line,
     read_meta,
+    weights_problem,
     writing,
 )
 from aha.errors import CheckpointError
@@ -66,37 +69,75 @@ def verify(path: Path) -> dict[str, Any]:
     if meta.get("backend") != "jax":
         raise CheckpointError(f"checkpoint {path} was written by the torch backend; resume it with backend=torch "
                               "(its adapter can still be evaluated with `aha eval --checkpoint`)")
-    missing = [f for f in (ADAPTER_FILE, OPT_FILE, STATE_FILE, "config.yaml") if not (path / f).exists()]
+    missing = [f for f in (ADAPTER_FILE, ADAPTER_CONFIG, OPT_FILE, STATE_FILE, "config.yaml") if not (path / f).exists()]
     if missing:
-        raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing)}; resume from an earlier one "
-                              "with --resume PATH")
+        raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing)}; {earlier_hint(path)}")
+    problem = adapter_config_problem(path)
+    if problem:
+        raise CheckpointError(f"{path / ADAPTER_CONFIG} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+    problem = weights_problem(path / ADAPTER_FILE)  # headers and small files only: before any model loads
+    if problem:
+        raise CheckpointError(f"{path / ADAPTER_FILE} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+    try:
+        with np.load(path / OPT_FILE) as f:  # the zip directory only
+            f.files  # noqa: B018
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, ValueError, OSError alike
+        raise CheckpointError(f"{path / OPT_FILE} is unreadable ({type(e).__name__}: {one_line(e, 100)}); "
+                              f"{earlier_hint(path)}") from e
+    read_state(path, meta["step"])
     return meta
+
+
+def read_state(path: Path, step: int) -> dict[str, Any]:
+    """jax_state.json, checked: an object with the data cursor (epoch, cursor: ints >= 0) of `step`."""
+    file = path / STATE_FILE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{file} is not valid JSON ({one_line(e, 80)}); {earlier_hint(path)}") from e
+    if not isinstance(state, dict) or any(type(state.get(k)) is not int or state[k] < 0 for k in ("epoch", "cursor")):
+        raise CheckpointError(f"{file} has no data cursor (integers epoch and cursor >= 0): the checkpoint is "
+                              f"damaged; {earlier_hint(path)}")
+    if state.get("step", step) != step:
+        raise CheckpointError(f"{file} is of step {state.get('step')}, but meta.json says {step}: the checkpoint is "
+                              f"damaged; {earlier_hint(path)}")
+    return state
 
 
 def load(path: Path, lora_template: Any, opt_template: Any, targets: tuple[str, ...],
          model_cfg: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(adapters, optimizer state, trainer state) from a checkpoint; the templates give the tree
-    structures (a fresh run's), so a checkpoint of another model or rank is a CheckpointError."""
-    from safetensors import SafetensorError
+    structures (a fresh run's), so a checkpoint of another model or rank is a CheckpointError.
+    Every file is checked before use: one line naming the file and an earlier checkpoint."""
     from safetensors.numpy import load_file
 
     path = Path(path)
-    verify(path)
+    step = verify(path)["step"]
+
+    def damaged(file: str, why: str, err: BaseException | None = None) -> CheckpointError:
+        detail = f" ({type(err).__name__}: {one_line(err, 120)})" if err is not None else ""
+        return CheckpointError(f"{path / file} {why}{detail}; {earlier_hint(path)}")
+
+    state = read_state(path, step)
     try:
         lora = lora_lib.from_peft(load_file(str(path / ADAPTER_FILE)), model_cfg, targets)
+    except Exception as e:  # noqa: BLE001 - a truncated file, a key of another model: the same fix
+        raise damaged(ADAPTER_FILE, "is unreadable or of another model", e) from e
+    try:
         with np.load(path / OPT_FILE) as f:
             leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
-        state = json.loads((path / STATE_FILE).read_text())
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or of another model ({type(e).__name__}: {e}); "
-                              "resume from an earlier one with --resume PATH, or with the run's own config") from e
+    except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, EOFError, ValueError, OSError alike
+        raise damaged(OPT_FILE, "is unreadable", e) from e
     shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(lora_template)]
     if shapes != [np.shape(x) for x in jax.tree_util.tree_leaves(lora)]:
-        raise CheckpointError(f"checkpoint {path}: its adapters do not fit this model/LoRA rank; "
+        raise CheckpointError(f"{path / ADAPTER_FILE}: its adapters do not fit this model/LoRA rank; "
                               "resume with the run's own config")
     treedef = jax.tree_util.tree_structure(opt_template)
-    if len(leaves) != treedef.num_leaves:
-        raise CheckpointError(f"checkpoint {path}: optimizer state does not match this config")
+    template_shapes = [np.shape(x) for x in jax.tree_util.tree_leaves(opt_template)]
+    if [np.shape(x) for x in leaves] != template_shapes:
+        raise CheckpointError(f"{path / OPT_FILE}: the optimizer state does not match this config "
+                              f"({len(leaves)} arrays, {len(template_shapes)} expected, or other shapes); "
+                              f"{earlier_hint(path)}")
     opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
     state.pop("step", None)
-    return lora, opt_state, {"step": json.loads((path / META_FILE).read_text())["step"], **state}
+    return lora, opt_state, {"step": step, **state}

@@ -75,7 +75,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                           f"{n_dev} devices; make it a multiple of {n_dev} (e.g. prompts_per_step="
                           f"{-(-n_rows // n_dev) * n_dev // G or 1} with num_generations={G})")
 
-    task = get_task(cfg.task, **cfg.task_options)
+    task = guards.NamedFailures(get_task(cfg.task, **cfg.task_options))  # a raising reward: named, with the step
     train_set = guards.train_examples(task, cfg)  # an empty split stops here, before anything is written
     lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
     mcfg, tokenizer = lm.config, lm.tokenizer
@@ -110,6 +110,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     if state["step"] == 0 and eval_due(0, cfg):  # the untrained policy: the baseline to beat
         logger.log_metrics(0, held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, 0))
     for step in range(state["step"] + 1, cfg.max_steps + 1):
+        task.step = step
         t0 = time.perf_counter()
         # 1. Prompts: the torch path's seeded per-epoch permutation and cursor.
         examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
