@@ -496,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--out is required")
     check = Check(args)
     signal.signal(signal.SIGTERM, interrupted)
+    # Python's own Ctrl-C handler, also where a shell started this with SIGINT ignored: the sections' processes
+    # then start with SIGINT's default (handlers are reset at exec, an ignored signal is not), which stop() needs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return check.run()
     except KeyboardInterrupt:  # stopped from outside: cut what runs, keep what was measured, say what is left
