@@ -267,7 +267,9 @@ class Check:
 
     def rerun_line(self) -> str:
         """The one command that runs every section this call skipped or cut, or 'nothing'."""
-        names = [n for n, r in flat_sections(self.result) if r.get("rerun")]
+        order = ["cuda_tests", "rollout", "step"] + [f"preset:{p}" for p in PRESET_ORDER]  # the plan's, by value
+        names = sorted((n for n, r in flat_sections(self.result) if r.get("rerun") and n not in ("env", "prepare")),
+                       key=lambda n: order.index(n) if n in order else len(order))
         if not names:
             return "rerun: nothing (every section ran to its end)"
         return f"rerun: python bench/gpu_check.py --only {','.join(names)} --out {self.args.out}"
@@ -302,6 +304,7 @@ class Check:
         card_gib = memory / 2**30 if memory else (self.args.card_gib if self.sim else 100.0)
         cap = 0.8 * card_gib  # H100 (79.6 GiB): 63.7; H200 (139.8 GiB): 111.9
         self.result["check"]["memory_cap_gib"] = round(cap, 1)
+        self.result["check"]["result_file"] = result_file(self.result)
         presets = [p for p in gpu_presets() if self.wanted(f"preset:{p}")]
         archs = {self.arch_of(p) for p in presets} - {None}
         if self.wanted("rollout") or self.wanted("step"):
@@ -326,6 +329,7 @@ class Check:
         self.result["check"]["rerun"] = self.rerun_line()
         self.save()
         print("\n" + markdown(self.result))
+        print(f"results: {self.out / 'gpu_check.json'} -> {self.result['check']['result_file']}")
         print(self.result["check"]["rerun"], flush=True)  # the last line: what the next call runs
         bad = [n for n, r in flat_sections(self.result) if not r["status"].startswith(("ok", "skipped"))]
         return 1 if bad else 0
@@ -459,6 +463,16 @@ class Check:
 
         return Job(f"preset:{preset}", cmd, "preset-jax" if jax else "preset", parse, gib=PRESET_GIB.get(preset, 30),
                    after=after)
+
+
+def result_file(result: dict[str, Any]) -> str:
+    """bench/results/gpu-check-<card>-<date>.json: the card from its name ("NVIDIA H100 80GB HBM3" -> h100)."""
+    name = (result["sections"].get("env", {}).get("result") or {}).get("device_name") or ""
+    card = next((w.lower() for w in name.split() if w[:1].isalpha() and w[1:].isdigit()), None)
+    card = card or ("simulated" if result["check"].get("simulated_speedup") else "dry-run" if result["check"]["dry_run"]
+                    else "-".join(name.lower().split()) or "unknown")
+    when = result["check"]["started"][:16].replace(" ", "-").replace(":", "")  # 2026-12-06-1245: one per call
+    return f"bench/results/gpu-check-{card}-{when}.json"
 
 
 def interrupted(signum: int, frame: Any) -> None:
