@@ -65,6 +65,7 @@ def test_dry_run_runs_every_section_and_writes_json_log_and_table(tmp_path: Path
     assert {rec["result"]["backend"] for rec in s["presets"].values()} == {"torch", "jax"}
     table = (out / "gpu_check.md").read_text()
     assert "| preset |" in table and "| engine |" in table and table.strip() in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "rerun: nothing (every section ran to its end)"
     assert "===== cuda_tests" in (out / "gpu_check.log").read_text()
 
 
