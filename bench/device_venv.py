@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = sh([py, "bench/gpu_check.py", "--dry-run", "--wheels", "", "--budget", "900", "--out",
                  str(venv / "dry-run")], cwd=REPO, env=env) or rc
     if args.tests or not args.no_suite:
-        rc = sh([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(args.tests or ["tests/"])], cwd=REPO, env=env) or rc
+        pytest = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(args.tests or ["tests/"])]
+        rc = sh(pytest, cwd=REPO, env=env) or rc
     return rc
 
 

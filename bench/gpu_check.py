@@ -86,9 +86,9 @@ DRY_LIMITS = {"env": (90, 0), "prepare": (90, 0), "cuda_tests": (150, 10), "roll
               "preset": (90, 5), "preset-jax": (120, 10)}
 # --simulate: each section's assumed GPU seconds on an H100 (BENCHMARKS.md, "GPU", says how each was reached:
 # the CPU rehearsal's times with the model work scaled to the GPU, and cold compiles added).
-ASSUMED_S = {"env": 25, "prepare": 40, "prepare-kept": 8, "cuda_tests": 190, "rollout": 105, "step": 150, "preset:rtx5090": 110,
-             "preset:gpu-16gb": 90, "preset:rtx4090": 100, "preset:a100-h100": 140, "preset:countdown-gemma2": 110,
-             "preset:tpu-v3-8": 170, "preset:tpu-v2-8": 150}
+ASSUMED_S = {"env": 25, "prepare": 40, "prepare-kept": 8, "cuda_tests": 190, "rollout": 105, "step": 150,
+             "preset:rtx5090": 110, "preset:gpu-16gb": 90, "preset:rtx4090": 100, "preset:a100-h100": 140,
+             "preset:countdown-gemma2": 110, "preset:tpu-v3-8": 170, "preset:tpu-v2-8": 150}
 QUIET = ["eval_every=0", "probe_every=0", "log_completions_every=0", "tensorboard=false", "save_every=0",
          "max_steps=2"]
 
@@ -364,7 +364,8 @@ class Check:
 
         # Saved in bf16 either way (a section casts to its own dtype): the dry run reads the GPU's files' format.
         return Job("prepare", [sys.executable, WORKERS, "prepare", "--dest", "{dest}", "--root", str(self.models_root),
-                               "--device", "cpu" if self.dry else "cuda", "--dtype", "bfloat16", *names], "prepare", parse)
+                               "--device", "cpu" if self.dry else "cuda", "--dtype", "bfloat16", *names], "prepare", parse,
+                   gib=7)  # one model at a time on the GPU: Qwen2.5-3B's 6.2 GB
 
     def model(self, arch: str) -> str:
         """The saved random checkpoint of `arch`, or `random:<arch>` (slower) if prepare did not make it."""
@@ -394,7 +395,7 @@ class Check:
                 res["failed"] = "a test skipped on the CPU for another reason than needing CUDA"
             return res
 
-        return Job("cuda_tests", cmd, "cuda_tests", parse, env={"AHA_PEAK_FILE": str(peak)})
+        return Job("cuda_tests", cmd, "cuda_tests", parse, env={"AHA_PEAK_FILE": str(peak)}, gib=BESIDE_TESTS_GIB)
 
     def job_rollout(self) -> Job:
         out = self.scratch / "rollout-bench.json"
@@ -500,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "on one machine (GPU only; ~11 GB; default /dev/shm or /tmp)")
     ap.add_argument("--simulate", type=float, default=0.0, metavar="SPEEDUP",
                     help="no work: each section sleeps its assumed GPU time (ASSUMED_S) / SPEEDUP")
-    ap.add_argument("--card-gib", type=float, default=79.6, help="--simulate: the card's memory (H100 79.6, H200 139.8)")
+    ap.add_argument("--card-gib", type=float, default=79.6,
+                    help="--simulate: the card's memory in GiB (H100 79.6, H200 139.8)")
     ap.add_argument("--render", nargs="+", metavar="JSON", help="print the markdown of these calls' JSONs, merged")
     args = ap.parse_args(argv)
     if args.render:

@@ -246,6 +246,10 @@ def test_gpu_mode_runs_the_sizes_the_issue_asks_for(tmp_path: Path):
             assert "max_steps=2" in cmd and any(x.startswith("model=/m/") for x in cmd)
             assert check.job_preset(name).kind == ("preset-jax" if name.startswith("tpu") else "preset")
         assert "-m" in check.job_cuda_tests().cmd and "tests/test_cuda.py" in check.job_cuda_tests().cmd
+        small = [p for p in gpu_check.gpu_presets() if check.small(p)]
+        assert small == ["rtx5090", "gpu-16gb", "rtx4090"]  # beside the tests, the reference setup first
+        stage1 = [check.job_prepare(["qwen2.5-3b"]), check.job_cuda_tests()] + [check.job_preset(p) for p in small]
+        assert sum(j.gib for j in stage1) <= 0.8 * 79.6  # an H100 holds all of stage 1 at once
         assert check.budget == 530 and check.models_root == tmp_path / "models"  # kept for a second call
         assert sum(gpu_check.LIMITS[k][0] for k in ("env", "cuda_tests", "rollout", "step")) <= check.budget
         assert check.env["TORCHINDUCTOR_CACHE_DIR"].startswith(str(tmp_path / "models"))
