@@ -481,10 +481,12 @@ def interrupted(signum: int, frame: Any) -> None:
 
 
 def default_models_dir() -> str:
-    """Memory-backed /dev/shm where it has room for the ~11 GB of weights (loads in seconds), else the disk."""
-    shm = Path("/dev/shm")
-    return str(shm / "aha-gpu-models") if shm.is_dir() and shutil.disk_usage(shm).free > 24 * 2**30 else \
-        "/tmp/aha-gpu-models"
+    """Memory-backed /dev/shm where it has room for the ~11 GB of weights (loads in seconds), else the disk;
+    wherever an earlier call on this machine put them first (its weights then fill part of /dev/shm)."""
+    shm, disk = Path("/dev/shm/aha-gpu-models"), Path("/tmp/aha-gpu-models")
+    if shm.is_dir() or disk.is_dir():
+        return str(shm if shm.is_dir() else disk)
+    return str(shm if shm.parent.is_dir() and shutil.disk_usage(shm.parent).free > 24 * 2**30 else disk)
 
 
 def main(argv: list[str] | None = None) -> int:
