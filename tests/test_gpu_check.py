@@ -1,6 +1,7 @@
 """bench/gpu_check.py (the prepared check for a GPU machine) and bench/gpu_wheels.py (what it carries there):
 the dry run of every section on the CPU, so the check cannot rot between GPU runs, and its pieces - the
-scheduler's budget and timeouts, the markdown, the merge of two calls, the wheel folder's checks."""
+scheduler's budgets, stages and timeouts, the plan's simulated timeline and rerun line, the markdown, the
+merge of two calls, the wheel folder's checks - and tests/test_cuda.py's memory bound at its GPU sizes."""
 
 from __future__ import annotations
 
