@@ -5,7 +5,7 @@ call's limit, into one JSON, one log and the markdown for BENCHMARKS.md's GPU se
     python bench/gpu_check.py --out DIR            # on the GPU machine (BENCHMARKS.md, "GPU", has the device calls)
     python bench/gpu_check.py --out DIR --only step,preset:a100-h100 --budget 200   # what an earlier call left
     python bench/gpu_check.py --out DIR --dry-run  # every section at tiny sizes on the CPU, in 2-3 minutes
-    python bench/gpu_check.py --out DIR --simulate 30   # the GPU plan's timeline, assumed durations, 30x faster
+    python bench/gpu_check.py --out DIR --simulate      # the GPU plan's timeline at assumed durations, at once
     python bench/gpu_check.py --render A.json B.json                  # the markdown again, from one or more calls
 
 Sections, in order of value, each in subprocesses with its own time budget (one failing or hanging does
@@ -39,8 +39,8 @@ after every section (a call cut short returns what it measured), and the last li
 what to run next: `rerun: python bench/gpu_check.py --only a,b --out DIR` (every skipped or cut section),
 or `rerun: nothing`. --dry-run (run by tests/test_gpu_check.py): tiny random models of the same families,
 a few tokens, the CPU; `finetune: qlora` becomes lora and the 4-bit test says "needs CUDA".
---simulate runs the scheduler with each section replaced by a sleep of its assumed GPU time (ASSUMED_S),
-so the plan's timeline and its rerun line can be read on any machine.
+--simulate runs the scheduler on a virtual clock, each section lasting its assumed GPU time (ASSUMED_S) and
+no process started: the plan's timeline and its rerun line, on any machine, in a second, deterministic.
 """
 
 from __future__ import annotations
@@ -111,6 +111,18 @@ class Job:
     after: str = ""  # a job that must have ended before this one starts
 
 
+class SimProc:
+    """--simulate: a section's process that exits (0) once the check's virtual clock reaches its end."""
+
+    def __init__(self, check: Check, seconds: float):
+        self.check, self.end, self.returncode = check, check.elapsed() + seconds, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.check.elapsed() >= self.end:
+            self.returncode = 0
+        return self.returncode
+
+
 def gpu_presets() -> list[str]:
     names = [p.stem for p in sorted((REPO / "configs").glob("*.yaml"))
              if (yaml.safe_load(p.read_text()) or {}).get("device") != "cpu"]
@@ -119,11 +131,10 @@ def gpu_presets() -> list[str]:
 
 class Check:
     def __init__(self, args: argparse.Namespace):
-        self.args, self.dry, self.sim = args, args.dry_run, getattr(args, "simulate", 0.0) or 0.0
+        self.args, self.dry, self.sim = args, args.dry_run, bool(getattr(args, "simulate", False))
         self.limits = DRY_LIMITS if self.dry else LIMITS
         self.budget = args.budget or (240.0 if self.dry else 530.0)
-        self.speed = self.sim or 1.0  # --simulate: every duration divided by this
-        self.t0 = time.monotonic()
+        self.t0, self.clock = time.monotonic(), 0.0  # --simulate: the virtual clock, advanced by the scheduler
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix="aha-gpu-check-"))
@@ -146,15 +157,15 @@ class Check:
             self.env.update(OMP_NUM_THREADS="1", AHA_TEST_DEVICE="cpu")
         self.result: dict[str, Any] = {"check": {
             "command": "python bench/gpu_check.py " + " ".join(sys.argv[1:]), "dry_run": self.dry,
-            "simulated_speedup": self.sim or None, "budget_s": self.budget,
+            "simulated": self.sim, "budget_s": self.budget,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "jobs": args.jobs, "models": str(self.models_root)},
             "sections": {}}
 
     # ------------------------------------------------------------------ running jobs
 
     def elapsed(self) -> float:
-        """Seconds since the start, in the plan's time (--simulate: the GPU's assumed seconds)."""
-        return (time.monotonic() - self.t0) * self.speed
+        """Seconds since the start (--simulate: on the virtual clock)."""
+        return self.clock if self.sim else time.monotonic() - self.t0
 
     def left(self) -> float:
         return self.budget - self.elapsed()
@@ -196,19 +207,21 @@ class Check:
                 running.remove(job)
                 self.finish(job)
                 done.add(job.name)
-            time.sleep(0.2 / self.speed if self.sim else 0.2)
+            if self.sim:
+                self.clock += 0.5
+            else:
+                time.sleep(0.2)
 
     def start(self, job: Job, timeout: float) -> None:
         job.dest = self.scratch / f"{job.name.replace(':', '-')}.json"
         job.log = self.scratch / f"{job.name.replace(':', '-')}.log"
         cmd = [c.replace("{dest}", str(job.dest)) for c in (job.cmd() if callable(job.cmd) else job.cmd)]
-        if self.sim:  # the section's assumed GPU time, sped up, to the moment (its own start-up not added)
-            end = time.monotonic() + self.assumed(job.name) / self.speed
-            cmd = [sys.executable, "-c", "import sys, time; time.sleep(max(0, float(sys.argv[1]) - time.monotonic())); "
-                   "open(sys.argv[2], 'w').write('{}')", f"{end:.3f}", str(job.dest)]
-            job.parse = lambda j: json.loads(j.dest.read_text())
         self.say(f"start {job.name} (timeout {timeout:.0f}s): {shlex.join(cmd)}")
         job.start, job.deadline = self.elapsed(), self.elapsed() + timeout
+        if self.sim:  # no process: the section ends after its assumed GPU time on the virtual clock
+            job.log.write_text("")
+            job.proc, job.parse = SimProc(self, self.assumed(job.name)), lambda j: {}
+            return
         with open(job.log, "w") as log:  # its own process group: a timeout ends every process it started
             job.proc = subprocess.Popen(cmd, cwd=REPO, env={**self.env, **job.env}, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -220,6 +233,9 @@ class Check:
 
     def stop(self, job: Job) -> None:
         """SIGINT first (pytest then writes its report of the tests that ran), SIGTERM, then SIGKILL."""
+        if isinstance(job.proc, SimProc):
+            job.proc.returncode = -signal.SIGINT
+            return
         for sig, wait in ((signal.SIGINT, 8), (signal.SIGTERM, 5), (signal.SIGKILL, None)):
             try:
                 os.killpg(job.proc.pid, sig)
@@ -470,7 +486,7 @@ def result_file(result: dict[str, Any]) -> str:
     """bench/results/gpu-check-<card>-<date>.json: the card from its name ("NVIDIA H100 80GB HBM3" -> h100)."""
     name = (result["sections"].get("env", {}).get("result") or {}).get("device_name") or ""
     card = next((w.lower() for w in name.split() if w[:1].isalpha() and w[1:].isdigit()), None)
-    card = card or ("simulated" if result["check"].get("simulated_speedup") else "dry-run" if result["check"]["dry_run"]
+    card = card or ("simulated" if result["check"].get("simulated") else "dry-run" if result["check"]["dry_run"]
                     else "-".join(name.lower().split()) or "unknown")
     when = result["check"]["started"][:16].replace(" ", "-").replace(":", "")  # 2026-12-06-1245: one per call
     return f"bench/results/gpu-check-{card}-{when}.json"
@@ -501,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheels", default=str(REPO / ".gpu-wheels"), help="wheel folder to install offline first")
     ap.add_argument("--models", default="", help="where the random weights and compile caches stay between calls "
                                                  "on one machine (GPU only; ~11 GB; default /dev/shm or /tmp)")
-    ap.add_argument("--simulate", type=float, default=0.0, metavar="SPEEDUP",
-                    help="no work: each section sleeps its assumed GPU time (ASSUMED_S) / SPEEDUP")
+    ap.add_argument("--simulate", action="store_true",
+                    help="no work: the scheduler on a virtual clock, each section lasting its assumed GPU time (ASSUMED_S)")
     ap.add_argument("--card-gib", type=float, default=79.6,
                     help="--simulate: the card's memory in GiB (H100 79.6, H200 139.8)")
     ap.add_argument("--render", nargs="+", metavar="JSON", help="print the markdown of these calls' JSONs, merged")

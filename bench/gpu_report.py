@@ -47,8 +47,7 @@ def markdown(result: dict[str, Any]) -> str:
     versions = env.get("versions", {})
     check = result["check"]
     device = env.get("device_name") or (
-        f"simulated ({check['simulated_speedup']:g}x faster; assumed durations, no figures)"
-        if check.get("simulated_speedup") else "no GPU (dry run on the CPU: the layout, not figures)")
+        "simulated (the plan at assumed durations, no figures)" if check.get("simulated") else "no GPU (dry run on the CPU: the layout, not figures)")
     lines = [f"### {device}" + (f", {gib(env['device_memory_bytes'])}" if env.get("device_memory_bytes") else ""),
              "",
              f"{result['check'].get('started', '')}: `{result['check'].get('command', '')}`, "
