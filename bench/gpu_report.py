@@ -45,7 +45,9 @@ def markdown(result: dict[str, Any]) -> str:
     get = lambda name: s.get(name, {}).get("result") or {}  # noqa: E731
     env = get("env")
     versions = env.get("versions", {})
-    device = env.get("device_name") or "no GPU (dry run on the CPU: the layout, not figures)"
+    check = result["check"]
+    device = env.get("device_name") or (
+        "simulated (the plan at assumed durations, no figures)" if check.get("simulated") else "no GPU (dry run on the CPU: the layout, not figures)")
     lines = [f"### {device}" + (f", {gib(env['device_memory_bytes'])}" if env.get("device_memory_bytes") else ""),
              "",
              f"{result['check'].get('started', '')}: `{result['check'].get('command', '')}`, "
@@ -56,6 +58,8 @@ def markdown(result: dict[str, Any]) -> str:
     for name, rec in flat_sections(result):
         mem = (rec.get("result") or {}).get("memory", {}).get("peak_bytes")
         lines.append(f"| {name} | {rec['status']} | {rec.get('seconds', '-')} | {gib(mem)} |")
+    if check.get("rerun"):
+        lines += ["", f"`{check['rerun']}`"]
     tests = get("cuda_tests")
     if tests:
         failed = [t["name"] for t in tests["tests"] if t["outcome"] != "passed"]
@@ -112,7 +116,7 @@ def merge(paths: list[str]) -> dict[str, Any]:
     merged: dict[str, Any] = {"check": {}, "sections": {}}
     for path in paths:
         res = json.loads(Path(path).read_text())
-        merged["check"] = merged["check"] or res["check"]
+        merged["check"] = {**(merged["check"] or res["check"]), "rerun": res["check"].get("rerun")}  # the last call's
         for name, rec in flat_sections(res):
             old = dict(flat_sections(merged)).get(name)
             if old is None or not rec["status"].startswith("skipped"):

@@ -5,7 +5,7 @@ manylinux x86-64, into a git-ignored folder that the device tool carries along (
     python bench/gpu_wheels.py --check-only --rehearse ~/.pyenv/versions/3.12.1/bin/python
                                                 # the install line, offline, in a fresh venv of that Python
 
-The machine (one H200, Python 3.12) already has torch 2.11 (CUDA 13), transformers, peft, accelerate,
+The machine (one H100 or H200, the same image, Python 3.12) already has torch 2.11 (CUDA 13), transformers, peft, accelerate,
 JAX 0.11 and most of the scientific stack. It lacks bitsandbytes (QLoRA), trl (the baseline of
 bench/step.py), gguf (an aha dependency) and datasets with two of its needs (trl imports it).
 Never torch, jaxlib or JAX: the machine's own CUDA builds must stay, whatever the project's pins say

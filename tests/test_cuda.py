@@ -206,8 +206,9 @@ def head_saving_ok(res: dict, rows: int, n_completion: int, vocab: int) -> tuple
     peaks depend on the attention kernel and the bf16 gradients both passes share, so they are not bounded.)"""
     logits = rows * n_completion * vocab * 4
     saved = res["naive_bytes"] - res["chunked_bytes"]
-    return saved >= logits, (f"chunked {res['chunked_bytes'] / 2**30:.2f} GiB, full logits {res['naive_bytes'] / 2**30:.2f}"
-                             f" GiB: saved {saved / 2**30:.2f} GiB, float32 logits {logits / 2**30:.2f} GiB")
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    return saved >= logits, (f"chunked {gib(res['chunked_bytes'])}, full logits {gib(res['naive_bytes'])}: saved "
+                             f"{gib(saved)}, float32 logits {gib(logits)}")
 
 
 def test_chunked_logprobs_in_bf16_track_float32_and_never_hold_all_logits():

@@ -1,6 +1,7 @@
 """bench/gpu_check.py (the prepared check for a GPU machine) and bench/gpu_wheels.py (what it carries there):
 the dry run of every section on the CPU, so the check cannot rot between GPU runs, and its pieces - the
-scheduler's budget and timeouts, the markdown, the merge of two calls, the wheel folder's checks."""
+scheduler's budgets, stages and timeouts, the plan's simulated timeline and rerun line, the markdown, the
+merge of two calls, the wheel folder's checks - and tests/test_cuda.py's memory bound at its GPU sizes."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def test_dry_run_runs_every_section_and_writes_json_log_and_table(tmp_path: Path
     assert {rec["result"]["backend"] for rec in s["presets"].values()} == {"torch", "jax"}
     table = (out / "gpu_check.md").read_text()
     assert "| preset |" in table and "| engine |" in table and table.strip() in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "rerun: nothing (every section ran to its end)"
     assert "===== cuda_tests" in (out / "gpu_check.log").read_text()
 
 
@@ -79,7 +81,7 @@ def test_every_gpu_preset_has_a_random_architecture():
 
 
 def check_for(tmp_path: Path, budget: float) -> "gpu_check.Check":
-    args = argparse.Namespace(dry_run=True, budget=budget, out=str(tmp_path), only="", jobs=2, wheels="")
+    args = argparse.Namespace(dry_run=True, budget=budget, out=str(tmp_path), only="", jobs=2, wheels="", simulate=False)
     return gpu_check.Check(args)
 
 
@@ -97,7 +99,48 @@ def test_jobs_time_out_skip_when_the_budget_is_spent_and_say_what_ran_together(t
     s = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
     assert s["presets"]["a"]["status"] == "ok" and s["presets"]["a"]["ran_with"] == ["preset:b"]
     assert s["presets"]["b"]["status"] == "timeout after 2s"  # its own timeout, not the budget's end
-    assert s["step"]["status"] == "skipped: time budget" and s["step"]["rerun"] == "--only step"
+    assert s["step"]["status"] == "skipped: time budget" and s["step"]["rerun"] is True
+    assert "rerun" not in s["presets"]["a"] and s["presets"]["b"]["rerun"] is False  # its own timeout: not a cut
+    assert check.rerun_line() == f"rerun: python bench/gpu_check.py --only step --out {tmp_path}"
+
+
+def test_a_stage_end_cuts_a_job_and_names_it_on_the_rerun_line_and_after_waits(tmp_path: Path):
+    check = check_for(tmp_path, budget=60)
+    check.limits = {"preset": (30.0, 0.0), "prepare": (30.0, 0.0)}
+    first = sleeper("prepare", 0.5, kind="prepare")
+    later = sleeper("preset:b", 0.1)
+    later.after = "prepare"
+    check.run_jobs([later, first, sleeper("preset:c", 30)], parallel=3, until=check.elapsed() + 10)
+    s = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert s["presets"]["b"]["status"] == "ok" and "preset:c" in s["presets"]["b"]["ran_with"]
+    assert later.start >= first.start + 0.4  # it waited for prepare, though listed first
+    assert s["presets"]["c"]["status"].startswith("timeout after") and s["presets"]["c"]["rerun"] is True
+    assert check.rerun_line().endswith(f"--only preset:c --out {tmp_path}")
+
+
+def test_the_gpu_plan_simulated_fits_one_call_and_names_what_the_second_runs(tmp_path: Path):
+    """The GPU plan at its assumed durations (ASSUMED_S, an H100), on a virtual clock: the first call measures in
+    order of value and stops well inside the device call, its last line names what was left; the second
+    call, on the warm machine, runs exactly that within the device time left (BENCHMARKS.md, "GPU")."""
+    def call(*args: str) -> tuple[dict, list[str]]:
+        r = subprocess.run([sys.executable, "bench/gpu_check.py", "--simulate", "--wheels", "", "--out",
+                            str(tmp_path), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+        lines = r.stdout.strip().splitlines()
+        return json.loads((tmp_path / "gpu_check.json").read_text()), lines
+
+    first, lines = call()
+    status = {n: r["status"] for n, r in gpu_report.flat_sections(first)}
+    for name in ("env", "prepare", "cuda_tests", "rollout", "step", "preset:rtx5090", "preset:gpu-16gb",
+                 "preset:rtx4090"):
+        assert status[name] == "ok", status
+    left = [n for n, st in status.items() if st.startswith("skipped")]
+    assert left == ["preset:a100-h100", "preset:countdown-gemma2", "preset:tpu-v3-8", "preset:tpu-v2-8"], status
+    assert first["check"]["wall_s"] < 530 - 50  # the rest would not finish a preset: none started (472.5 s)
+    assert lines[-1] == f"rerun: python bench/gpu_check.py --only {','.join(left)} --out {tmp_path}"
+    second, lines = call("--only", ",".join(left), "--budget", "216")  # budget_left_s - 60
+    assert second["sections"]["presets"]["a100-h100"]["status"] == "ok"  # H100: 50 GiB, then no room for a JAX one
+    assert second["check"]["wall_s"] <= 216 and lines[-1].startswith("rerun: python bench/gpu_check.py --only ")
+    assert lines[-1].endswith(f"--only {','.join(left[1:])} --out {tmp_path}")  # the rest, in the plan's order
 
 
 def test_a_failing_section_records_its_log_and_the_next_still_runs(tmp_path: Path):
@@ -188,7 +231,8 @@ def test_install_line_is_offline_without_dependencies_into_its_own_folder():
 
 def test_gpu_mode_runs_the_sizes_the_issue_asks_for(tmp_path: Path):
     """The commands a GPU call runs (only the dry run executes here): what each section measures."""
-    args = argparse.Namespace(dry_run=False, budget=0, out=str(tmp_path), only="", jobs=0, wheels="")
+    args = argparse.Namespace(dry_run=False, budget=0, out=str(tmp_path), only="", jobs=0, wheels="", simulate=False,
+                              models=str(tmp_path / "models"))
     check = gpu_check.Check(args)
     try:
         check.models = {"qwen2.5-3b": "/m/qwen", "gemma2-2b": "/m/gemma"}
@@ -198,17 +242,22 @@ def test_gpu_mode_runs_the_sizes_the_issue_asks_for(tmp_path: Path):
         assert step[2:4] == ["-c", "rtx5090"] and "--vs-trl" in step and "rollout.engine=native" in step
         assert not any(x.startswith(("finetune=", "device=")) for x in step)  # the preset's QLoRA, on CUDA
         for name in gpu_check.gpu_presets():
-            job = check.job_preset(name)
-            assert not any(x.startswith(("device=", "finetune=", "prompts_per_step=", "rollout.")) for x in job.cmd)
-            assert "max_steps=2" in job.cmd and any(x.startswith("model=/m/") for x in job.cmd)
-            assert job.kind == ("preset-jax" if name.startswith("tpu") else "preset")
+            cmd = check.job_preset(name).cmd()  # built at its start, once prepare saved the weights
+            assert not any(x.startswith(("device=", "finetune=", "prompts_per_step=", "rollout.")) for x in cmd)
+            assert "max_steps=2" in cmd and any(x.startswith("model=/m/") for x in cmd)
+            assert check.job_preset(name).kind == ("preset-jax" if name.startswith("tpu") else "preset")
         assert "-m" in check.job_cuda_tests().cmd and "tests/test_cuda.py" in check.job_cuda_tests().cmd
-        assert check.budget == 450
+        small = [p for p in gpu_check.gpu_presets() if check.small(p)]
+        assert small == ["rtx5090", "gpu-16gb", "rtx4090"]  # beside the tests, the reference setup first
+        stage1 = [check.job_prepare(["qwen2.5-3b"]), check.job_cuda_tests()] + [check.job_preset(p) for p in small]
+        assert sum(j.gib for j in stage1) <= 0.8 * 79.6  # an H100 holds all of stage 1 at once
+        assert check.budget == 530 and check.models_root == tmp_path / "models"  # kept for a second call
+        assert sum(gpu_check.LIMITS[k][0] for k in ("env", "cuda_tests", "rollout", "step")) <= check.budget
+        assert check.env["TORCHINDUCTOR_CACHE_DIR"].startswith(str(tmp_path / "models"))
     finally:
         import shutil
 
         shutil.rmtree(check.scratch, ignore_errors=True)
-        shutil.rmtree(check.models_root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- the CUDA memory bound, rehearsed
