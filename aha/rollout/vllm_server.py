@@ -234,16 +234,18 @@ class VLLMServerEngine:
         with ThreadPoolExecutor(max_workers=max(1, min(B, MAX_IN_FLIGHT * len(self.urls)))) as pool:
             for i, res in zip(order, pool.map(one, order)):
                 results[i] = res
-        width = max(1, max(len(results[i][0]) for i in range(B)))
-        out = torch.full((B, width), pad_id, dtype=torch.long)
-        logprobs = torch.zeros((B, width), dtype=torch.float32)
+        cut = []
         for i in range(B):
             ids, lps = results[i]
-            n = len(ids)
             if stops:  # the server stops at a stop token (kept); cut defensively at the first one
-                n = next((k + 1 for k, t in enumerate(ids) if t in stops), n)
-            out[i, :n] = torch.tensor(ids[:n], dtype=torch.long)
-            logprobs[i, :n] = torch.tensor(lps[:n], dtype=torch.float32)
+                n = next((k + 1 for k, t in enumerate(ids) if t in stops), len(ids))
+                ids, lps = ids[:n], lps[:n]
+            cut.append((ids, lps))
+        out = torch.full((B, max(1, max(len(ids) for ids, _ in cut))), pad_id, dtype=torch.long)
+        logprobs = torch.zeros(out.shape, dtype=torch.float32)
+        for i, (ids, lps) in enumerate(cut):
+            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            logprobs[i, :len(ids)] = torch.tensor(lps, dtype=torch.float32)
         return out.to(prompt_ids.device), logprobs.to(prompt_ids.device)
 
     def close(self) -> None:
