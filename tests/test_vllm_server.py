@@ -171,10 +171,18 @@ def test_requests_and_answers(tiny_policy, fake, tmp_path):
     # cut after the first EOS (inclusive), padded; log-probs float32, 0 at padding
     assert ids.tolist() == [[5, 6, 2]] * 3
     assert logprobs.dtype == torch.float32 and torch.allclose(logprobs[0], torch.tensor([-0.1, -0.2, -0.3]))
-    # a sync writes a new version, keeps one before it, removes older ones
+    # unchanged weights: nothing is sent; changed: a new version, the one before kept, older ones removed
+    n_sent = len(fake.requests)
+    engine.sync_weights(tiny_policy.model)
+    engine.generate(prompt_ids, mask, params, eos_ids=[2], pad_id=0)
+    assert [p for p, _ in fake.requests[n_sent:]] == ["/v1/completions"] * 3
+    lora_b = next(p for n, p in tiny_policy.model.named_parameters() if "lora_B" in n)
     for _ in range(3):
+        with torch.no_grad():
+            lora_b.add_(0.01)
         engine.sync_weights(tiny_policy.model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v000003", "v000004"]
+    assert len([p for p, _ in fake.requests if p == "/v1/load_lora_adapter"]) == 4
     engine.close()
     assert fake.requests[-1] == ("/v1/unload_lora_adapter", {"lora_name": engine.adapter})
     engine.close()  # idempotent

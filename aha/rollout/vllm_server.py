@@ -115,8 +115,8 @@ class VLLMServerEngine:
         self.adapter = f"aha-{socket.gethostname()}-{os.getpid()}"
         self._own_root = not adapter_dir
         self.root = Path(adapter_dir or tempfile.mkdtemp(prefix="aha-lora-"))
-        self.version = 0
-        self.synced = False
+        self.version = 0  # adapter versions written
+        self.pushed: tuple | None = None  # (model id, LoRA tensor versions) the servers hold
         self.closed = False
         self.last_sync_s = 0.0
         try:
@@ -172,9 +172,13 @@ class VLLMServerEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Write the adapter of `model` to a new directory and load it on every server (in place,
         under this engine's adapter name); keep this version and the one before, remove older ones.
+        A no-op when the LoRA weights did not change since the last sync (tensor version counters).
         Raises ModelError when a server refuses the adapter."""
         _check_lora(model)
         self.model = model
+        weights = (id(model), _lora_version(model))
+        if weights == self.pushed:
+            return
         start = time.perf_counter()
         self.version += 1
         path = self.root / f"v{self.version:06d}"
@@ -189,7 +193,7 @@ class VLLMServerEngine:
         for old in self.root.glob("v*"):
             if old.name < f"v{self.version - 1:06d}":
                 shutil.rmtree(old, ignore_errors=True)
-        self.synced = True
+        self.pushed = weights
         self.last_sync_s = time.perf_counter() - start
 
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
@@ -198,8 +202,7 @@ class VLLMServerEngine:
         pad_id after each row's first EOS; float32 log-probs (B, C) of the sampled tokens, processed:
         after temperature / top-k / top-p, under softmax(logits) when greedy; 0 at padding), on
         prompt_ids' device. C <= params.max_new_tokens. Raises ModelError naming a failing server."""
-        if not self.synced:  # the first call: the servers have no adapter of this run yet
-            self.sync_weights(self.model)
+        self.sync_weights(self.model)  # the first call, or weights changed without a sync: push them
         B = prompt_ids.shape[0]
         if B == 0:
             return prompt_ids.new_zeros((0, 1)), torch.zeros((0, 1), device=prompt_ids.device)
@@ -254,7 +257,7 @@ class VLLMServerEngine:
         if self.closed:
             return
         self.closed = True
-        if self.synced:
+        if self.pushed is not None:
             for url in self.urls:
                 try:
                     self.client.post(url + "/v1/unload_lora_adapter", json={"lora_name": self.adapter}, timeout=10.0)
@@ -270,6 +273,11 @@ def _check_lora(model: torch.nn.Module) -> None:
         raise ModelError("rollout.engine=vllm-server syncs LoRA adapters only (finetune=lora or qlora); full "
                          "fine-tuning would need vLLM's NCCL weight transfer, not implemented: use "
                          "rollout.engine=vllm or native")
+
+
+def _lora_version(model: torch.nn.Module) -> tuple:
+    # `_version` counts in-place writes (optimizer steps, load_state_dict); `data_ptr` catches swapped storage.
+    return tuple((p.data_ptr(), p._version) for n, p in model.named_parameters() if "lora_" in n)
 
 
 def _rank(model: torch.nn.Module) -> int:
