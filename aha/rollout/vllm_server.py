@@ -48,7 +48,8 @@ MAX_IN_FLIGHT = 64  # concurrent requests per server: enough for vLLM to batch, 
 
 
 def server_command(model: str, host: str = "127.0.0.1", port: int = 8000, lora_rank: int = 16,
-                   dtype: str = "auto", max_model_len: int = 0) -> tuple[list[str], dict[str, str]]:
+                   dtype: str = "auto", max_model_len: int = 0,
+                   cpu: bool | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) of a vLLM OpenAI server that this engine can drive.
 
     `python -m vllm.entrypoints.openai.api_server` rather than `vllm serve`: the `vllm` command of
@@ -57,13 +58,22 @@ def server_command(model: str, host: str = "127.0.0.1", port: int = 8000, lora_r
     accepts), the sampled tokens' log-probs after temperature / top-k / top-p (processed_logprobs,
     what the trainer compares against) and vLLM's neutral sampling defaults rather than the model's
     generation_config (aha also sends every sampling field explicitly).
+    cpu (None = no CUDA device here): vLLM 0.32's CPU worker dies on a seeded request whose prompt
+    is prefilled in chunks (it rewinds the request's generator, which a CPU generator cannot:
+    "CPU Generator does not use offset"), so chunked prefill is off and a step's token budget is
+    max_model_len (default 4096 there).
     Raises ConfigError for a rank above 512."""
     rank = next((r for r in LORA_RANKS if r >= lora_rank), None)
     if rank is None:
         raise ConfigError(f"vLLM serves LoRA ranks up to 512, not {lora_rank}")
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
             "--port", str(port), "--dtype", dtype, "--enable-lora", "--max-lora-rank", str(rank), "--max-loras", "1",
             "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"]
+    if cpu:
+        max_model_len = max_model_len or 4096
+        argv += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len)]
     if max_model_len:
         argv += ["--max-model-len", str(max_model_len)]
     return argv, {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
@@ -139,6 +149,9 @@ class VLLMServerEngine:
                              f"({type(e).__name__})") from None
         except httpx.TransportError as e:
             raise ModelError(f"vLLM server {url} is unreachable ({type(e).__name__}: {e}); {HINT}") from None
+        if r.status_code >= 500 and not hint:  # the engine died: on CPU, most likely the chunked-prefill bug
+            hint = ("a vLLM CPU server dies on seeded requests unless started with --no-enable-chunked-prefill "
+                    f"--max-num-batched-tokens N (N >= --max-model-len); the server's log says more; {HINT}")
         if r.status_code != 200:
             raise ModelError(f"vLLM server {url} refused {what} (HTTP {r.status_code}: {_message(r)})"
                              + (f"; {hint}" if hint else ""))
