@@ -114,7 +114,7 @@ class ProgressLines:
 
 
 def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: int | None = None,
-             batch_size: int = 16, max_new_tokens: int = 256, engine: str = "hf", temperature: float = 0.0,
+             batch_size: int = 16, max_new_tokens: int = 256, engine: Any = "hf", temperature: float = 0.0,
              samples: int = 1, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
              save_completions: bool = False, progress: bool = False) -> dict[str, Any]:
     """Generate on the first `limit` examples of `split` and score them (see the module docstring).
@@ -122,10 +122,13 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
     Returns the metrics (n, accuracy, format_rate, completion_len, reflection_rate, truncated_rate,
     and pass@k / maj@k when samples > 1), plus "rows" when save_completions. Sampling draws from
     a private RNG seeded with `seed`, so the caller's (the trainer's) random stream is untouched.
+    `engine`: an `aha.rollout.engine.Engine` the caller owns (the trainer's), or a name from
+    aha/engines.py: that engine is built once for this call and closed at its end.
     """
     import torch
 
     from aha.rollout import SamplingParams, generate, render_prompt
+    from aha.rollout.engine import make_engine
 
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -148,16 +151,22 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
     bar = tqdm(total=len(prompts), desc="aha eval", unit="seq", disable=not (progress and sys.stderr.isatty()))
     lines = ProgressLines(len(prompts)) if progress and not sys.stderr.isatty() else None  # logs, pipes
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        for i in range(0, len(prompts), batch_size):
-            ro = generate(model, tokenizer, prompts[i:i + batch_size], params, engine)
-            texts += ro.texts
-            lengths += ro.completion_mask.sum(dim=1).tolist()
-            truncated += ro.truncated.tolist()
-            bar.update(len(ro.texts))
-            if lines is not None:
-                lines.update(len(texts))
+    own = isinstance(engine, str)
+    eng = make_engine(engine, model, tokenizer) if own else engine
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            for i in range(0, len(prompts), batch_size):
+                ro = generate(model, tokenizer, prompts[i:i + batch_size], params, eng)
+                texts += ro.texts
+                lengths += ro.completion_mask.sum(dim=1).tolist()
+                truncated += ro.truncated.tolist()
+                bar.update(len(ro.texts))
+                if lines is not None:
+                    lines.update(len(texts))
+    finally:
+        if own:
+            eng.close()
     bar.close()
     at = {i: pos for pos, i in enumerate(order)}  # example index -> its place in generation order
     back = [at[i] * samples + j for i in range(len(examples)) for j in range(samples)]

@@ -40,6 +40,7 @@ from aha.optim import build_optimizer
 from aha.records import (CompletionRecord, StepTimes, UpdateStats, completion_records, probe_record, step_metrics,
                          variant_metrics)
 from aha.rollout import Rollout, SamplingParams, generate, render_prompt
+from aha.rollout.engine import Engine, make_engine
 from aha.schedule import eval_due, lr_lambda
 from aha.seeding import sampling_seed, seed_rngs
 from aha.tasks import Example, Task, get_task
@@ -124,7 +125,9 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
             saved = save(learner, run_dir, step, state, cfg, config_yaml)
         if stop:
+            learner.engine.close()
             raise rundir.stopped(rundir.stop_signal() or signal.SIGTERM, step, saved)
+    learner.engine.close()
     if d.main:
         progress.close()
         logger.close()
@@ -135,7 +138,8 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
 @dataclass
 class Learner:
-    """What a GRPO step reads and changes: the policy, its reference and its optimizer."""
+    """What a GRPO step reads and changes: the policy, its reference and its optimizer, and the rollout
+    engine that samples from the policy (synced after each update, closed when the run ends)."""
 
     model: torch.nn.Module  # the policy (a peft model with LoRA / QLoRA)
     tokenizer: Any
@@ -144,6 +148,7 @@ class Learner:
     net: torch.nn.Module  # the update's forward: DDP over batch_logprobs(model, ...) under torchrun
     ref_model: torch.nn.Module | None  # frozen copy for the KL term of full fine-tuning; LoRA needs none
     d: distributed.Dist
+    engine: Engine  # rollout.engine, built once for the run (aha/rollout/engine.py)
 
 
 def build_learner(cfg: Config, device: str, d: distributed.Dist = distributed.Dist()) -> Learner:
@@ -165,7 +170,8 @@ def build_learner(cfg: Config, device: str, d: distributed.Dist = distributed.Di
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = build_optimizer(cfg, trainable_parameters(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    return Learner(model, policy.tokenizer, optimizer, scheduler, net, ref_model, d)
+    engine = make_engine(cfg.rollout.engine, model, policy.tokenizer)
+    return Learner(model, policy.tokenizer, optimizer, scheduler, net, ref_model, d, engine)
 
 
 @dataclass
@@ -201,7 +207,7 @@ def grpo_step(learner: Learner, task: Task, examples: Sequence[Example], cfg: Co
         # Rollout: G completions per prompt; a prompt's G rows are adjacent (a group).
         rows_examples = [ex for ex in (pending.pop() if pending else draw()) for _ in range(G)]
         ro = generate(learner.model, learner.tokenizer, [ex.prompt for ex in rows_examples], sampling,
-                      cfg.rollout.engine, cfg.rollout.batch_size)
+                      learner.engine, cfg.rollout.batch_size)
         marks[1] = clock()
         # Score: the task's rule-checked rewards (plus DAPO's overlong shaping, 0 when off); accuracy and
         # format are separate, unpaid figures.
@@ -239,6 +245,7 @@ def grpo_step(learner: Learner, task: Task, examples: Sequence[Example], cfg: Co
     else:
         stats = policy_update(learner.model, ro, advantages, rows, learner.optimizer, learner.scheduler, cfg,
                               learner.ref_model, learner.net, d, mismatch=mismatch)
+    learner.engine.sync_weights(learner.model)  # the next rollout samples the updated policy (timed as update)
     t_end = clock()
     task_rewards = torch.tensor([total for total, _ in batch.scores])
     n_kept, shaping, n = distributed.all_sum([keep.sum().item() / G, (batch.rewards - task_rewards).sum().item(),
@@ -256,7 +263,7 @@ def held_out_eval(learner: Learner, task: Task, cfg: Config, logger: Any, step: 
     from aha.eval import evaluate
 
     result = evaluate(learner.model, learner.tokenizer, task, split="test", limit=cfg.eval_limit,
-                      max_new_tokens=cfg.rollout.max_new_tokens, engine=cfg.rollout.engine, save_completions=True)
+                      max_new_tokens=cfg.rollout.max_new_tokens, engine=learner.engine, save_completions=True)
     learner.model.train()
     logger.log_eval_completions(step, result.pop("rows"))
     return {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
@@ -277,7 +284,7 @@ def probe(learner: Learner, task: Task, cfg: Config) -> dict[str, Any]:
     consumes no RNG: resume stays exact."""
     ex = task.examples("test")[0]
     params = SamplingParams(cfg.rollout.max_new_tokens, temperature=0.0)
-    text = generate(learner.model, learner.tokenizer, [ex.prompt], params, cfg.rollout.engine).texts[0]
+    text = generate(learner.model, learner.tokenizer, [ex.prompt], params, learner.engine).texts[0]
     return probe_record(task, ex, text)
 
 

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 from aha.config import AlgoConfig, Config, RolloutConfig
+from aha.engines import ENGINES
 from aha.errors import ConfigError
 from aha.trackers import check_trackers
 
@@ -16,7 +17,7 @@ _CHOICES = {
     "backend": ("torch", "jax"),
     "finetune": ("lora", "qlora", "full"),
     "lr_schedule": ("constant", "cosine", "linear"),
-    "rollout.engine": ("hf", "native", "vllm"),
+    "rollout.engine": tuple(ENGINES),
     "algo.loss_agg": ("sequence", "token", "constant"),
     "algo.baseline": ("group", "leave_one_out", "batch"),
     "algo.scale_rewards": ("group", "batch", "none"),

@@ -19,7 +19,6 @@ tokens/s at that floor (prefill included in the measurement, so it is a lower bo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import sys
@@ -82,10 +81,6 @@ def engines(args: argparse.Namespace, device: torch.device) -> dict:
     out = {"hf": (hf.generate_ids, lambda: None), "native": (native.generate_ids, native_setup(True))}
     if args.lora:
         out["native-lora-forward"] = (native.generate_ids, native_setup(False))
-    if device.type == "cuda" and importlib.util.find_spec("vllm") is not None:
-        from aha.rollout import vllm
-
-        out["vllm"] = (vllm.generate_ids, lambda: None)
     return out
 
 
@@ -167,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
                 setup()
                 sync(device)
                 start = time.perf_counter()
-                out = fn(model, ids, mask, params, eos, pad)
+                out, _ = fn(model, ids, mask, params, eos, pad)
                 sync(device)
                 times[name].append(time.perf_counter() - start)
                 assert out.shape == (batch, n_new), (name, out.shape)

@@ -95,13 +95,13 @@ def test_native_engine_greedy_equals_hf_generate(arch, monkeypatch):
     ids, mask = encode_prompts(tok, prompts(6), DEVICE)
     params = SamplingParams(max_new_tokens=24, temperature=0)
     with torch.no_grad():
-        ref = hf.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)
-        out = native.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)
+        ref = hf.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)[0]
+        out = native.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)[0]
         assert torch.equal(out, ref)
         # frequent tokens as EOS: rows stop at different steps, the rest of each row is padding
         eos = [int(ref[0, 3]), int(ref[3, 5])]
-        ref = hf.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)
-        out = native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)
+        ref = hf.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)[0]
+        out = native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)[0]
     assert (ref == tok.pad_token_id).any()
     assert torch.equal(out, ref)
 

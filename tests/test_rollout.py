@@ -136,27 +136,6 @@ def test_play_decoder_ignores_the_model_generation_config():
     assert texts[0] == texts[1]
 
 
-def test_vllm_engine_ignores_the_checkpoint_generation_config(monkeypatch):
-    """The vLLM path: its LLM is built with vLLM's neutral defaults, never a generation_config.json."""
-    import types
-
-    from aha.rollout import vllm as engine
-
-    built = {}
-
-    class FakeLLM:
-        def __init__(self, **kwargs):
-            built.update(kwargs)
-
-        def sleep(self, level):
-            pass
-
-    monkeypatch.setattr(engine, "_engine", None)
-    pol = load_policy("random:tiny-qwen2", device="cpu")
-    engine._llm(pol.model, types.SimpleNamespace(LLM=FakeLLM))
-    assert built["generation_config"] == "vllm" and built["load_format"] == "dummy"
-
-
 # ---------------------------------------------------------------------------- the pre-fill the rewards judge
 
 TRIMMING = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"

@@ -3,11 +3,9 @@ policy left untouched, the vLLM engine's missing-dependency error and weight exp
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -73,10 +71,10 @@ def run_all(model, tok, texts, params, eos):
     """Completions (B, C) from HF generate and from each native path."""
     ids, mask = encode_prompts(tok, texts)
     with torch.no_grad():
-        ref = hf.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)
+        ref = hf.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)[0]
         decoder.clear_cache()
         outs = {
-            "native": native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id),
+            "native": native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)[0],
             "modules": native.decode(decoder.Decoder(model, fused=False), ids, mask, params, eos,
                                      tok.pad_token_id)[0],
             "static": native.decode_static(decoder.Decoder(model, fused=False), ids, mask, params, eos,
@@ -122,16 +120,16 @@ def test_greedy_matches_hf_generate_smollm2():
     params = SamplingParams(max_new_tokens=32, temperature=0)
     eos = [tok.eos_token_id]
     with torch.no_grad():
-        ref = hf.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)
+        ref = hf.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)[0]
         decoder.clear_cache()
-        out = native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)
+        out = native.generate_ids(model, ids, mask, params, eos, tok.pad_token_id)[0]
     assert torch.equal(out, ref)
     # With LoRA weights that are not zero, merged into the rollout copy (3 prompts: HF + peft is slow).
     lora = with_lora(model)
     params = SamplingParams(max_new_tokens=16, temperature=0)
     with torch.no_grad():
-        ref = hf.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)
-        out = native.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)
+        ref = hf.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)[0]
+        out = native.generate_ids(lora, ids[:3], mask[:3], params, eos, tok.pad_token_id)[0]
     assert torch.equal(out, ref)
 
 
@@ -144,7 +142,7 @@ def test_compiled_decode_step_traces(monkeypatch):
     ids, mask = encode_prompts(tok, prompts(4, step=4))
     params = SamplingParams(max_new_tokens=10, temperature=0)
     with torch.no_grad():
-        ref = hf.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)
+        ref = hf.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)[0]
         for _ in range(2):  # the second call reuses the cache and the compiled step
             out, _ = native.decode_static(dec, ids, mask, params, [tok.eos_token_id], tok.pad_token_id,
                                           compile_step=True)
@@ -168,12 +166,12 @@ def test_ignore_eos_and_shapes():
     eos = list(range(259))  # every token ends a row, unless EOS is ignored
     with torch.no_grad():
         out = native.generate_ids(model, ids, mask, SamplingParams(max_new_tokens=7, ignore_eos=True), eos,
-                                  tok.pad_token_id)
+                                  tok.pad_token_id)[0]
         assert out.shape == (3, 7)
-        out = native.generate_ids(model, ids, mask, SamplingParams(max_new_tokens=7), eos, tok.pad_token_id)
+        out = native.generate_ids(model, ids, mask, SamplingParams(max_new_tokens=7), eos, tok.pad_token_id)[0]
         assert out.shape == (3, 1)  # all rows finished at the first token: stop, as `generate` does
         one = native.generate_ids(model, ids[:1, -2:], mask[:1, -2:], SamplingParams(max_new_tokens=3), [],
-                                  tok.pad_token_id)
+                                  tok.pad_token_id)[0]
         assert one.shape == (1, 3)
 
 
@@ -187,7 +185,7 @@ def test_sampling_reproducible_at_a_seed():
     def run(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
         with torch.no_grad():
-            return native.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)
+            return native.generate_ids(model, ids, mask, params, [tok.eos_token_id], tok.pad_token_id)[0]
 
     a, b, c = run(1), run(1), run(2)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -241,7 +239,7 @@ def test_engine_first_token_matches_softmax():
         torch.manual_seed(0)
         n = 20_000
         out = native.generate_ids(model, ids.expand(n, -1), mask.expand(n, -1),
-                                  SamplingParams(max_new_tokens=1, temperature=0.5), [], tok.pad_token_id)
+                                  SamplingParams(max_new_tokens=1, temperature=0.5), [], tok.pad_token_id)[0]
     counts = torch.bincount(out[:, 0], minlength=logits.shape[0]).double()
     assert chi_square_ok(counts, torch.softmax(logits / 0.5, -1))
 
@@ -271,8 +269,8 @@ def test_rollout_copy_follows_weight_updates():
         native.generate_ids(model, ids, mask, params, [], tok.pad_token_id)
         for p in model.parameters():  # an optimizer step writes in place
             p.add_(torch.randn_like(p) * 0.05)
-        ref = hf.generate_ids(model, ids, mask, params, [], tok.pad_token_id)
-        out = native.generate_ids(model, ids, mask, params, [], tok.pad_token_id)
+        ref = hf.generate_ids(model, ids, mask, params, [], tok.pad_token_id)[0]
+        out = native.generate_ids(model, ids, mask, params, [], tok.pad_token_id)[0]
     assert torch.equal(out, ref)
 
 
@@ -283,32 +281,6 @@ def test_unsupported_architecture_is_a_clear_error():
     with pytest.raises(ModelError, match="rollout.engine=hf"):
         native.generate_ids(model, torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.long),
                             SamplingParams(max_new_tokens=2), [0], 0)
-
-
-# ---------------------------------------------------------------------------- vLLM (not installed here)
-
-def test_vllm_missing_is_a_clear_error(monkeypatch):
-    from aha.rollout import vllm as engine
-
-    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
-    model, tok = tiny("llama")
-    ids, mask = encode_prompts(tok, prompts(1))
-    with pytest.raises(ModelError, match=r"pip install 'aha\[vllm\]'"):
-        engine.generate_ids(model, ids, mask, SamplingParams(), [tok.eos_token_id], tok.pad_token_id)
-
-
-def test_vllm_weight_export_is_the_merged_checkpoint():
-    """What the vLLM engine pushes: the transformers checkpoint's names, LoRA merged in."""
-    from aha.rollout.vllm import _policy_weights
-
-    model, _ = tiny("qwen2")
-    model = with_lora(model)
-    pushed = dict(_policy_weights(model))
-    reference = copy.deepcopy(model).merge_and_unload().state_dict()  # merge_and_unload mutates: a copy
-    reference.pop("lm_head.weight", None)  # tied to the embedding: named once
-    assert set(pushed) == set(reference)
-    for name, t in pushed.items():
-        assert torch.allclose(t, reference[name], atol=1e-6), name
 
 
 # ---------------------------------------------------------------------------- the benchmark

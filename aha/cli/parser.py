@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from aha.engines import ENGINES
 from aha.play import HELP as PLAY_HELP  # the session's /commands
 from aha.report import DEFAULT_THRESHOLDS
 
@@ -77,8 +78,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help="completion budget (default: the checkpoint's rollout.max_new_tokens, else 256)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="sequences generated at once (default: 16)")
-    p.add_argument("--engine", default=None, help="rollout engine: hf | native | vllm "
-                                                  "(default: the checkpoint's, else hf)")
+    p.add_argument("--engine", default=None, choices=list(ENGINES),
+                   help=f"rollout engine: {' | '.join(ENGINES)} (default: the checkpoint's, else hf)")
     p.add_argument("--json", metavar="OUT", default=None,
                    help="where to write the results (default: eval-TASK-SPLIT.json in the checkpoint/adapter "
                         "dir, or in the current dir for --model; '-' = stdout, the table then goes to stderr)")

@@ -1,29 +1,24 @@
 """Rollout: sample completions for a batch of prompts with a chosen engine.
 
-`generate(...)` is the one entry point the trainer, eval and play use. An engine only turns
-token ids into completion token ids; prompt rendering, padding, the completion masks (which end
-at the first EOS) and decoding are shared here, so engines stay small and comparable.
+`generate(...)` is the one entry point the trainer and eval use. An engine (the contract is
+`engine.Engine`; the names are in aha/engines.py) only turns token ids into completion token ids
+and their log-probs; prompt rendering, padding, the completion masks (which end at the first EOS)
+and decoding are shared here, so engines stay small and comparable.
 Engines: `hf` (transformers `generate`, the baseline), `native` and `vllm` (see their files).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from aha.errors import ConfigError
 from aha.tasks.base import Messages
 
-# name -> "module:function"; each function has the signature of `aha.rollout.hf.generate_ids`
-# (with_logprobs=True: it also returns the log-probs of the tokens it sampled).
-ENGINES: dict[str, str] = {
-    "hf": "aha.rollout.hf:generate_ids",
-    "native": "aha.rollout.native:generate_ids",
-    "vllm": "aha.rollout.vllm:generate_ids",
-}
+if TYPE_CHECKING:
+    from aha.rollout.engine import Engine
 
 
 @dataclass
@@ -121,12 +116,14 @@ def completion_mask(completion_ids: torch.Tensor, eos_ids: Sequence[int]) -> tup
 
 
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str | Messages], params: SamplingParams,
-             engine: str = "hf", batch_size: int = 0) -> Rollout:
-    """Sample one completion per prompt (repeat a prompt G times for a group)."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown rollout engine {engine!r}; known: {', '.join(ENGINES)}")
-    module, fn = ENGINES[engine].split(":")
-    generate_ids = getattr(importlib.import_module(module), fn)
+             engine: str | Engine = "hf", batch_size: int = 0) -> Rollout:
+    """Sample one completion per prompt (repeat a prompt G times for a group) from `model`'s current
+    weights. `engine`: an Engine the caller owns (it is synced to `model` first: free when the weights
+    did not change), or a name from aha/engines.py, built for this call and closed after it."""
+    from aha.rollout.engine import make_engine
+
+    own = isinstance(engine, str)
+    eng = make_engine(engine, model, tokenizer) if own else engine
     device = next(model.parameters()).device
     eos = eos_token_ids(tokenizer, model)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
@@ -135,14 +132,17 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str | Mes
     was_training = model.training
     model.eval()  # no dropout, KV cache allowed even with gradient checkpointing on
     try:
+        eng.sync_weights(model)
         with torch.no_grad():
             for i in range(0, len(prompts), step):
-                ids, logprobs = generate_ids(model, prompt_ids[i:i + step], prompt_mask[i:i + step], params,
-                                             eos, tokenizer.pad_token_id, with_logprobs=True)
+                ids, logprobs = eng.generate(prompt_ids[i:i + step], prompt_mask[i:i + step], params, eos,
+                                             tokenizer.pad_token_id)
                 pieces.append(ids)
                 logprob_pieces.append(logprobs)
     finally:
         model.train(was_training)
+        if own:
+            eng.close()
     width = max(p.shape[1] for p in pieces)
     completion_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((len(prompts), width), dtype=torch.float32, device=device)

@@ -8,10 +8,10 @@ Any of them changes the rollouts while the update computes log-probs of plain te
 sampling. So the call runs against a neutral generation config that carries only what ends a
 sequence (EOS, from the tokenizer and the model's config: `rollout.eos_token_ids`) and the pad id.
 
-With `with_logprobs`, the temperature / top-k / top-p warpers are passed to `generate` as our own
-logits processors, followed by `_SampledLogprobs`, which sees the scores `generate` samples from
-(custom processors run *before* the warpers `generate` builds from its config, so the config's
-sampling values are left neutral and the warpers come from us, in HF's order)."""
+For the sampled tokens' log-probs, the temperature / top-k / top-p warpers are passed to `generate`
+as our own logits processors, followed by `_SampledLogprobs`, which sees the scores `generate`
+samples from (custom processors run *before* the warpers `generate` builds from its config, so the
+config's sampling values are left neutral and the warpers come from us, in HF's order)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import torch
 
 from aha.model import unwrap
 from aha.rollout import SamplingParams
+from aha.rollout.engine import ModelEngine
 
 
 @contextmanager
@@ -78,10 +79,9 @@ def _warpers(params: SamplingParams) -> list:
 
 
 def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int,
-                 with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), C <= max_new_tokens;
-    with_logprobs: (ids, the sampled tokens' log-probs (B, C) under the warped distribution)."""
+                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompt_ids, prompt_mask: (B, P) left-padded -> (completion ids (B, C), C <= max_new_tokens, the
+    sampled tokens' log-probs (B, C) under the warped distribution): `engine.Engine.generate`'s contract."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     greedy = params.temperature == 0
@@ -90,11 +90,10 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
     sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
     eos = None if params.ignore_eos else list(eos_ids)
     processors, recorder = LogitsProcessorList(), _SampledLogprobs()
-    if with_logprobs:
-        if not greedy:
-            processors.extend(_warpers(params))
-            sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}  # neutral: the warpers above do it
-        processors.append(recorder)
+    if not greedy:
+        processors.extend(_warpers(params))
+        sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}  # neutral: the warpers above do it
+    processors.append(recorder)
     cfg = GenerationConfig(
         max_new_tokens=params.max_new_tokens,
         min_new_tokens=params.max_new_tokens if params.ignore_eos else 0,
@@ -108,4 +107,11 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=cfg,
                              logits_processor=processors)
     ids = out[:, prompt_ids.shape[1]:]
-    return (ids, recorder.logprobs(ids)) if with_logprobs else ids
+    return ids, recorder.logprobs(ids)
+
+
+class HFEngine(ModelEngine):
+    """`engine.Engine` over transformers' `generate` on the policy module itself."""
+
+    name = "hf"
+    generate_ids = staticmethod(generate_ids)

