@@ -122,7 +122,8 @@ def test_server_command_has_the_flags_the_engine_needs():
         server_command("/m", lora_rank=1024)
 
 
-def test_bad_settings_are_refused_before_any_request(tiny_policy):
+def test_bad_settings_are_refused_before_any_request(tiny_policy, monkeypatch):
+    monkeypatch.delenv("AHA_VLLM_SERVERS", raising=False)
     with pytest.raises(ConfigError, match="rollout.vllm_servers"):
         VLLMServerEngine(tiny_policy.model, servers=[])
     with pytest.raises(ConfigError, match="http://HOST:PORT"):

@@ -93,7 +93,8 @@ class VLLMServerEngine:
     Args:
         model: the policy, a peft model with a LoRA adapter.
         tokenizer: unused (the servers take and return token ids).
-        servers: base URLs, e.g. ["http://127.0.0.1:8000"].
+        servers: base URLs, e.g. ["http://127.0.0.1:8000"]; none: the comma-separated AHA_VLLM_SERVERS
+            (how `aha eval --engine vllm-server` finds them).
         timeout: seconds one request may take (a whole completion), and a LoRA load.
         adapter_dir: where adapter versions are written ("" = a temporary directory, removed on close);
             remote servers need a directory they can read at the same path.
@@ -112,9 +113,12 @@ class VLLMServerEngine:
         if isinstance(servers, str):
             servers = [servers]
         if not servers:
+            servers = [u for u in os.environ.get("AHA_VLLM_SERVERS", "").split(",") if u.strip()]
+        if not servers:
             raise ConfigError("rollout.engine=vllm-server needs rollout.vllm_servers, e.g. "
-                              f"rollout.vllm_servers=[http://127.0.0.1:8000]; {HINT}")
-        self.urls = [_normalize(u) for u in servers]
+                              "rollout.vllm_servers=[http://127.0.0.1:8000] (or AHA_VLLM_SERVERS for aha eval); "
+                              f"to start a server, {HINT.removeprefix('start it with ')}")
+        self.urls = [_normalize(u.strip()) for u in servers]
         _check_lora(model)
         self.model = model
         self.timeout = timeout
