@@ -374,3 +374,11 @@ def test_train_with_an_unreachable_server_is_one_line(tmp_path):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert "Traceback" not in r.stderr and f"vLLM server {url} is unreachable" in lines[-1], r.stderr
+
+
+def test_start_helper_prints_the_command():
+    r = subprocess.run([sys.executable, "-m", "aha.rollout.vllm_server", "smollm2-135m", "--port", "8123", "--print"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True ")
+    assert "--host 127.0.0.1 --port 8123" in r.stdout and "--dtype float32" in r.stdout  # CPU here

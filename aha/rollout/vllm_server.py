@@ -29,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,7 +49,7 @@ MAX_IN_FLIGHT = 64  # concurrent requests per server: enough for vLLM to batch, 
 
 
 def server_command(model: str, host: str = "127.0.0.1", port: int = 8000, lora_rank: int = 16,
-                   dtype: str = "auto", max_model_len: int = 0,
+                   dtype: str = "", max_model_len: int = 0,
                    cpu: bool | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv, extra environment) of a vLLM OpenAI server that this engine can drive.
 
@@ -58,6 +59,7 @@ def server_command(model: str, host: str = "127.0.0.1", port: int = 8000, lora_r
     accepts), the sampled tokens' log-probs after temperature / top-k / top-p (processed_logprobs,
     what the trainer compares against) and vLLM's neutral sampling defaults rather than the model's
     generation_config (aha also sends every sampling field explicitly).
+    dtype "" = aha's own default for the device: float32 on CPU, bfloat16 on CUDA.
     cpu (None = no CUDA device here): vLLM 0.32's CPU worker dies on a seeded request whose prompt
     is prefilled in chunks (it rewinds the request's generator, which a CPU generator cannot:
     "CPU Generator does not use offset"), so chunked prefill is off and a step's token budget is
@@ -68,6 +70,7 @@ def server_command(model: str, host: str = "127.0.0.1", port: int = 8000, lora_r
         raise ConfigError(f"vLLM serves LoRA ranks up to 512, not {lora_rank}")
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    dtype = dtype or ("float32" if cpu else "bfloat16")
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
             "--port", str(port), "--dtype", dtype, "--enable-lora", "--max-lora-rank", str(rank), "--max-loras", "1",
             "--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"]
@@ -129,6 +132,8 @@ class VLLMServerEngine:
         self.adapter = f"aha-{socket.gethostname()}-{os.getpid()}"
         self._own_root = not adapter_dir
         self.root = Path(adapter_dir or tempfile.mkdtemp(prefix="aha-lora-"))
+        if self._own_root:  # removed even when the run dies before close()
+            weakref.finalize(self, shutil.rmtree, str(self.root), True)
         self.version = 0  # adapter versions written
         self.pushed: tuple | None = None  # (model id, LoRA tensor versions) the servers hold
         self.closed = False
@@ -329,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--lora-rank", type=int, default=16, help="the trainer's lora.r (default 16)")
-    ap.add_argument("--dtype", default="auto", help="float32 on CPU to match the trainer (default auto)")
+    ap.add_argument("--dtype", default="", help="the trainer's dtype (default: float32 on CPU, bfloat16 on CUDA)")
     ap.add_argument("--max-model-len", type=int, default=0)
     ap.add_argument("--print", action="store_true", help="only print the command")
     args = ap.parse_args(argv)
