@@ -366,6 +366,16 @@ def test_train_three_steps_then_server_greedy_equals_the_trainers(vllm_url, tmp_
     finally:
         engine.close()
     assert server.completion_ids.tolist() == native.completion_ids.tolist()
+    # aha eval finds the server through AHA_VLLM_SERVERS and agrees with native (greedy)
+    results = []
+    for engine in ("vllm-server", "native"):
+        r = subprocess.run([sys.executable, "-m", "aha", "eval", "--checkpoint", str(run), "--engine", engine,
+                            "--limit", "8", "--json", "-", "--save-completions"], capture_output=True, text=True, cwd=REPO, timeout=600,
+                           env={**os.environ, "OMP_NUM_THREADS": "1", "AHA_VLLM_SERVERS": vllm_url})
+        assert r.returncode == 0, r.stderr[-3000:]
+        results.append(json.loads(r.stdout))
+    assert results[0]["engine"] == "vllm-server" and results[0]["accuracy"] == results[1]["accuracy"]
+    assert [row["completion"] for row in results[0]["rows"]] == [row["completion"] for row in results[1]["rows"]]
 
 
 def test_train_with_an_unreachable_server_is_one_line(tmp_path):
