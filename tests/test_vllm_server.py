@@ -163,7 +163,8 @@ def test_requests_and_answers(tiny_policy, fake, tmp_path):
     ids, logprobs = engine.generate(prompt_ids, mask, params, eos_ids=[2], pad_id=0)
     # the adapter went first (lazily, on the first generate), then one completion per row
     loads = [b for p, b in fake.requests if p == "/v1/load_lora_adapter"]
-    assert len(loads) == 1 and loads[0]["load_inplace"] and Path(loads[0]["lora_path"]).parent == tmp_path
+    assert len(loads) == 1 and loads[0]["load_inplace"] and Path(loads[0]["lora_path"]).parent == engine.root
+    assert engine.root.parent == tmp_path and engine.root.name == engine.adapter  # its own subdirectory
     assert (Path(loads[0]["lora_path"]) / "adapter_config.json").exists()
     sent = [b for p, b in fake.requests if p == "/v1/completions" and b["model"] == engine.adapter]
     assert sorted(b["prompt"] for b in sent) == [[11, 12], [21, 22, 23, 24], [31, 32, 33]]  # padding stripped
@@ -186,12 +187,12 @@ def test_requests_and_answers(tiny_policy, fake, tmp_path):
         with torch.no_grad():
             lora_b.add_(0.01)
         engine.sync_weights(tiny_policy.model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v000003", "v000004"]
+    assert sorted(p.name for p in engine.root.iterdir()) == ["v000003", "v000004"]
     assert len([p for p, _ in fake.requests if p == "/v1/load_lora_adapter"]) == 4
     engine.close()
     assert fake.requests[-1] == ("/v1/unload_lora_adapter", {"lora_name": engine.adapter})
     engine.close()  # idempotent
-    assert tmp_path.exists()  # the user's directory stays
+    assert tmp_path.exists() and not engine.root.exists()  # the user's directory stays, the engine's goes
 
 
 def test_greedy_and_two_servers(tiny_policy, fake):

@@ -99,8 +99,8 @@ class VLLMServerEngine:
         servers: base URLs, e.g. ["http://127.0.0.1:8000"]; none: the comma-separated AHA_VLLM_SERVERS
             (how `aha eval --engine vllm-server` finds them).
         timeout: seconds one request may take (a whole completion), and a LoRA load.
-        adapter_dir: where adapter versions are written ("" = a temporary directory, removed on close);
-            remote servers need a directory they can read at the same path.
+        adapter_dir: where adapter versions are written, in a subdirectory named after the adapter (removed
+            on close); "" = a temporary directory. Remote servers need one they read at the same path.
     Raises:
         ConfigError: no or malformed server URLs.
         ModelError: a model without a LoRA adapter; a server that is unreachable, refuses, or returns
@@ -130,10 +130,10 @@ class VLLMServerEngine:
         # One name per trainer process: ranks of a distributed run (and runs) sharing a server never
         # overwrite each other's adapter.
         self.adapter = f"aha-{socket.gethostname()}-{os.getpid()}"
-        self._own_root = not adapter_dir
-        self.root = Path(adapter_dir or tempfile.mkdtemp(prefix="aha-lora-"))
-        if self._own_root:  # removed even when the run dies before close()
-            weakref.finalize(self, shutil.rmtree, str(self.root), True)
+        # Its own directory even in a shared adapter_dir: other runs' versions are never touched.
+        self.root = Path(adapter_dir) / self.adapter if adapter_dir else Path(tempfile.mkdtemp(prefix="aha-lora-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        weakref.finalize(self, shutil.rmtree, str(self.root), True)  # even when the run dies before close()
         self.version = 0  # adapter versions written
         self.pushed: tuple | None = None  # (model id, LoRA tensor versions) the servers hold
         self.closed = False
@@ -274,8 +274,8 @@ class VLLMServerEngine:
         return out.to(prompt_ids.device), logprobs.to(prompt_ids.device)
 
     def close(self) -> None:
-        """Unload this engine's adapter from every server (best effort), remove its adapter directory
-        if it made it. Idempotent."""
+        """Unload this engine's adapter from every server (best effort), remove its adapter directory.
+        Idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -286,8 +286,7 @@ class VLLMServerEngine:
                 except Exception:  # the server is gone: nothing left to unload
                     pass
         self.client.close()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _check_lora(model: torch.nn.Module) -> None:
