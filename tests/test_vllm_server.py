@@ -200,12 +200,15 @@ def test_greedy_and_two_servers(tiny_policy, fake):
     server, other.url = fake_server(other)
     try:
         engine = VLLMServerEngine(tiny_policy.model, servers=[fake.url, other.url])
+        state = torch.get_rng_state()
         ids, _ = engine.generate(torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long),
                                  SamplingParams(max_new_tokens=2, temperature=0.0, top_k=5), eos_ids=[2], pad_id=0)
         assert ids.tolist() == [[5, 6]] * 4
+        assert torch.equal(torch.get_rng_state(), state)  # greedy draws no seeds
         for f in (fake, other):
             sent = [b for p, b in f.requests if p == "/v1/completions" and b["model"] == engine.adapter]
-            assert len(sent) == 2 and all(b["temperature"] == 0.0 and b["top_k"] == 0 for b in sent)
+            assert len(sent) == 2 and all(b["temperature"] == 0.0 and b["top_k"] == 0 and b["seed"] is None
+                                          for b in sent)
             assert any(p == "/v1/load_lora_adapter" for p, _ in f.requests)
         engine.close()
     finally:

@@ -228,10 +228,11 @@ class VLLMServerEngine:
         B = prompt_ids.shape[0]
         if B == 0:
             return prompt_ids.new_zeros((0, 1)), torch.zeros((0, 1), device=prompt_ids.device)
-        # One seed per row, drawn from the global RNG: rows of a group differ, a restored RNG state replays.
-        seeds = torch.randint(2**31 - 1, (B,)).tolist()
-        rows = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         greedy = params.temperature == 0
+        # One seed per sampled row, drawn from the global RNG: rows of a group differ, a restored RNG state
+        # replays. Greedy draws none (the trainer's probe and eval must leave the RNG as they found it).
+        seeds = [None] * B if greedy else torch.randint(2**31 - 1, (B,)).tolist()
+        rows = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         stops = [] if params.ignore_eos else [int(t) for t in eos_ids]
         body = {"model": self.adapter, "max_tokens": params.max_new_tokens, "n": 1,
                 "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
