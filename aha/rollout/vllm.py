@@ -101,23 +101,28 @@ def base_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) in the transformers checkpoint's names, LoRA merged into copies of the weights,
-    one layer at a time (a generator: the caller streams it)."""
+    """(name, tensor) in the transformers checkpoint's names and order, LoRA merged into copies of the
+    weights as they come (a generator: the caller streams it). Checkpoint order matters: vLLM's reload
+    holds a layer's tensors until the layer is complete, so ordered input keeps one layer in flight."""
     from aha.rollout.decoder import merged_linear
 
     base = unwrap(model)
-    for name, module in base.named_modules():
-        if hasattr(module, "get_base_layer") and hasattr(module, "lora_A"):
-            parts = merged_linear(module)
-            if parts is None:
-                raise ModelError(f"rollout.engine=vllm cannot merge the adapter on {name} (DoRA, LoRA bias or "
-                                 "4-bit weights); use rollout.engine=native")
-            yield f"{name}.weight", parts[0]
-            if parts[1] is not None:
-                yield f"{name}.bias", parts[1]
+    modules = dict(base.named_modules())
+    merged: tuple[str, Any] = ("", None)  # the LoRA module merged last: (name, (weight, bias))
     for name, param in base.named_parameters():
-        if ".base_layer." not in name and "lora_" not in name:  # LoRA layers were yielded merged above
+        if "lora_" in name:
+            continue
+        if ".base_layer." not in name:
             yield name, param.detach()
+            continue
+        owner, _, leaf = name.partition(".base_layer.")
+        if merged[0] != owner:
+            parts = merged_linear(modules[owner])
+            if parts is None:
+                raise ModelError(f"rollout.engine=vllm cannot merge the adapter on {owner} (DoRA, LoRA bias or "
+                                 "4-bit weights); use rollout.engine=native")
+            merged = (owner, parts)
+        yield f"{owner}.{leaf}", merged[1][0] if leaf == "weight" else merged[1][1]
     if _tied(base):
         yield "lm_head.weight", base.get_input_embeddings().weight.detach()
 
