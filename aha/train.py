@@ -172,7 +172,9 @@ def build_learner(cfg: Config, device: str, d: distributed.Dist = distributed.Di
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = build_optimizer(cfg, trainable_parameters(model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    engine = make_engine(cfg.rollout.engine, model, policy.tokenizer)
+    r = cfg.rollout
+    options = {"servers": r.vllm_servers, "adapter_dir": r.vllm_adapter_dir} if r.engine == "vllm-server" else {}
+    engine = make_engine(cfg.rollout.engine, model, policy.tokenizer, **options)
     return Learner(model, policy.tokenizer, optimizer, scheduler, net, ref_model, d, engine)
 
 

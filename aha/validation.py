@@ -67,6 +67,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{greedy} makes sampling greedy: the G completions of every prompt would be identical, "
                           "every group's advantage zero and nothing learned; sample for training "
                           "(rollout.temperature > 0, rollout.top_k 0 = off or >= 2, rollout.top_p up to 1)")
+    if cfg.rollout.engine == "vllm-server" and cfg.finetune == "full":
+        raise ConfigError("rollout.engine=vllm-server syncs LoRA adapters only: use finetune=lora, or "
+                          "rollout.engine=vllm for full fine-tuning")
     validate_algo(cfg)
     if cfg.backend == "jax":
         validate_jax(cfg)
@@ -174,8 +177,9 @@ def validate_jax(cfg: Config) -> None:
     if cfg.optimizer != "adamw":
         raise ConfigError(f"optimizer={cfg.optimizer} is a bitsandbytes CUDA optimizer: set optimizer=adamw "
                           "(optax AdamW) with backend=jax")
-    if cfg.rollout.engine == "vllm":
-        raise ConfigError("backend=jax samples with its own jitted sampler, not vLLM: drop rollout.engine=vllm")
+    if cfg.rollout.engine in ("vllm", "vllm-server"):
+        raise ConfigError("backend=jax samples with its own jitted sampler, not vLLM: drop "
+                          f"rollout.engine={cfg.rollout.engine}")
     if not (cfg.device == "auto" or cfg.device == "cpu"):
         raise ConfigError(f"backend=jax picks its devices itself (all TPU cores / GPUs): set device=auto "
                           f"(or device=cpu), not {cfg.device!r}")
