@@ -5,14 +5,19 @@ from collections import defaultdict
 sys.path[:0] = [".", "scratch"]
 from steps import steps, lenient_ok
 
+import yaml
+from aha.tasks import get_task
+
 for run in sys.argv[1:]:
+    cfg = yaml.safe_load(open(f"{run}/config.yaml"))
+    gold = {e.id: e.target for e in get_task(cfg["task"], **cfg.get("task_options", {})).examples("test")}
     by = defaultdict(list)
     for l in open(f"{run}/eval_completions.jsonl"):
         by[json.loads(l)["step"]].append(json.loads(l))
     for st, rows in sorted(by.items()):
         keys = rows[0].keys()
         texts = ["<think>\n" + r["completion"] for r in rows]
-        golds = [r.get("target", r.get("gold")) for r in rows]
+        golds = [gold[r["id"]] for r in rows]
         ok = [lenient_ok(t, g) for t, g in zip(texts, golds)]
         s = [steps(t) > 0 for t in texts]
         ws = [o for o, x in zip(ok, s) if x]; wo = [o for o, x in zip(ok, s) if not x]

@@ -54,6 +54,21 @@ def cand(name, rng):
     if name == "mixedP":  # a * b + c, small, placeholder prompt
         a, b, c = rng.randint(2, 6), rng.randint(2, 6), rng.randint(1, 12); ans = a * b + c
         return f"What is {a} * {b} + {c}?", ans, FMT_NOEX
+    if name == "muladdT":  # tiny: a, b 2..5, c 1..3
+        a, b, c = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 3); ans = a * b + c
+        return f"What is {a} * {b} + {c}?", ans, ex_single(rng, "-", ans)
+    if name == "addmul":  # c + a * b
+        a, b, c = rng.randint(2, 6), rng.randint(2, 6), rng.randint(1, 12); ans = a * b + c
+        return f"What is {c} + {a} * {b}?", ans, ex_single(rng, "-", ans)
+    if name == "sum3t":  # a + b + c, 1..5
+        a, b, c = (rng.randint(1, 5) for _ in range(3)); ans = a + b + c
+        return f"What is {a} + {b} + {c}?", ans, ex_single(rng, "-", ans, 2, 9)
+    if name == "double":  # twice a sum
+        a, b = rng.randint(2, 9), rng.randint(2, 9); ans = 2 * (a + b)
+        return f"What is twice the sum of {a} and {b}?", ans, ex_single(rng, "-", ans)
+    if name == "sum2":  # the CPU demo's additions, for calibration
+        a, b = rng.randint(0, 20), rng.randint(0, 20); ans = a + b
+        return f"What is {a} + {b}?", ans, ex_single(rng, "-", ans)
     if name == "addsub":  # a + b - c
         a, b = rng.randint(5, 20), rng.randint(2, 20); c = rng.randint(1, a + b - 1); ans = a + b - c
         return f"What is {a} + {b} - {c}?", ans, ex_single(rng, "*", ans, 2, 9)
