@@ -69,6 +69,12 @@ def cand(name, rng):
     if name == "sum2":  # the CPU demo's additions, for calibration
         a, b = rng.randint(0, 20), rng.randint(0, 20); ans = a + b
         return f"What is {a} + {b}?", ans, ex_single(rng, "-", ans)
+    if name == "sum2big":  # two-digit sums with a carry
+        while True:
+            a, b = rng.randint(11, 89), rng.randint(11, 89)
+            if a % 10 + b % 10 >= 10 and a + b < 100: break
+        ans = a + b
+        return f"What is {a} + {b}?", ans, ex_single(rng, "-", ans, 11, 99)
     if name == "addsub":  # a + b - c
         a, b = rng.randint(5, 20), rng.randint(2, 20); c = rng.randint(1, a + b - 1); ans = a + b - c
         return f"What is {a} + {b} - {c}?", ans, ex_single(rng, "*", ans, 2, 9)
@@ -93,17 +99,18 @@ def cand(name, rng):
 
 
 def main():
-    name = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 96
+    name = sys.argv[1]; kind = name.removesuffix("_base"); n = int(sys.argv[2]) if len(sys.argv) > 2 else 96
     toks = int(sys.argv[3]) if len(sys.argv) > 3 else 80
     temp = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
     G = 4 if temp > 0 else 1  # samples per problem
     rng = random.Random(name)
-    probs = [cand(name, rng) for _ in range(n // G)]
+    probs = [cand(kind, rng) for _ in range(n // G)]
     pol = load_policy("smollm2-135m", finetune="full", device="cpu")
     prompts, golds = [], []
     for q, a, sysm in probs:
         for _ in range(G):
-            prompts.append(templated(q, "chat", sysm, sysm, "<think>\n")); golds.append(a)
+            tpl = "base" if name.endswith("_base") else "chat"
+            prompts.append(templated(q, tpl, sysm, sysm, "<think>\n")); golds.append(a)
     torch.manual_seed(0)
     t = time.time()
     ro = generate(pol.model, pol.tokenizer, prompts, SamplingParams(max_new_tokens=toks, temperature=temp),
