@@ -13,12 +13,13 @@ minutes, offline. Two kinds of problem:
   numbers and a *different* operation, so copying the example's answer is never right (the
   placeholder prompt's "number" was copied verbatim by SmolLM2-135M, which then stopped learning).
 
-- `problems="muladd"` (the reasoning preset): "What is a * b + c?" with small factors. The
-  untrained model multiplies right but then answers the product (measured: NOTES-r21.md); it is
-  right only when it writes the product as an intermediate result and adds c to it, so a reward
-  for the right answer is a reward for that second step. Held out by problem like the sums; the
-  worked example (`prompt_style="example"`) is one subtraction with fresh numbers: the format on
-  a single step, never a two-step solution.
+- `problems="muladd"` (the cpu-reasoning candidate, issue 21): "What is a * b + c?" with small
+  factors. Measured on the untrained SmolLM2-135M (NOTES-r21.md): it multiplies right, then mostly
+  answers the product or c; its few right answers all write the product first, so the right answer
+  needs an intermediate result. But it starts 1-3% right, too rarely for GRPO groups of 8 to learn
+  from (20 steps taught the format and the answer "c", not the sum). Held out by problem like the
+  sums; the worked example (`prompt_style="example"`) is one subtraction with fresh numbers: the
+  format on a single step, never a two-step solution.
 
 `weights` overrides reward weights by name (e.g. {"soft_format": 0.25}) so that a preset can
 make correctness dominate the total.
@@ -100,10 +101,9 @@ def all_muladds(max_factor: int, max_operand: int) -> list[tuple[int, int, int]]
             for c in range(1, max_operand + 1)]
 
 
-def _example_system(rng: random.Random, op: str, answer: int, max_operand: int, eop: str | None = None) -> str:
-    """The system prompt with a worked example on operation `eop` (default: the other one than `op`)
-    whose result is not `answer`."""
-    eop = eop or EXAMPLE_OPS[op]
+def _example_system(rng: random.Random, op: str, answer: int, max_operand: int) -> str:
+    """The system prompt with a worked example on the other operation than `op` whose result is not `answer`."""
+    eop = EXAMPLE_OPS[op]
     while True:
         x, y = rng.randint(2, max_operand), rng.randint(2, max_operand)
         if eop == "-" and y > x:
@@ -129,11 +129,12 @@ class Arith(NumberAnswerTask):
 
     def __init__(self, n_train: int = 5000, n_test: int = 200, seed: int = 0, template: str = "chat",
                  system_prompt: str | None = None, problems: str = "word", prompt_style: str = "placeholder",
-                 max_operand: int = 20, ops: str = "+-", max_factor: int = 6, weights: dict[str, float] | None = None) -> None:
+                 max_operand: int = 20, ops: str = "+-", max_factor: int = 6,
+                 weights: dict[str, float] | None = None) -> None:
         check_template(template)
         if problems not in ("word", "sums", "muladd"):
             raise ValueError(f"problems must be 'word', 'sums' or 'muladd', got {problems!r}")
-        if max_factor < 2 or max_operand < 1:
+        if problems == "muladd" and (max_factor < 2 or max_operand < 1):
             raise ValueError(f"max_factor must be >= 2 and max_operand >= 1, got {max_factor} and {max_operand}")
         if prompt_style not in ("placeholder", "example"):
             raise ValueError(f"prompt_style must be 'placeholder' or 'example', got {prompt_style!r}")
