@@ -73,3 +73,38 @@ def test_arith_weights_and_lenient_grader():
         get_task("arith", weights={"corectness": 1.0})
     with pytest.raises(ValueError, match="problems='sums'"):
         get_task("arith", prompt_style="example")
+
+
+def test_muladd_is_held_out_by_problem_with_a_one_step_example_that_never_answers():
+    from aha.tasks.arith import all_muladds
+
+    t = get_task("arith", problems="muladd", prompt_style="example", max_factor=6, max_operand=12,
+                 n_train=600, n_test=100)
+    train, test = t.examples("train"), t.examples("test")
+    assert len(all_muladds(6, 12)) == 5 * 5 * 12 and len(train) == 600 and len(test) == 100
+    question = lambda e: e.prompt[1]["content"]  # noqa: E731
+    assert not {question(e) for e in train} & {question(e) for e in test}
+    assert len({question(e) for e in test}) == 100
+    for e in list(train[:300]) + list(test):
+        a, times, b, plus, c = question(e).removeprefix("What is ").removesuffix("?").split()
+        assert (times, plus) == ("*", "+") and 2 <= int(a) <= 6 and 2 <= int(b) <= 6 and 1 <= int(c) <= 12
+        assert int(e.target) == int(a) * int(b) + int(c)
+        system = e.prompt[0]["content"]
+        shown = system.split('For example, for "What is ')[1].split("?")[0].split()
+        assert len(shown) == 3 and shown[1] == "-"  # one step, another operation: no two-step solution shown
+        assert f"<answer>\n{e.target}\n</answer>" not in system
+    right = f"{a} * {b} = {int(a) * int(b)}\n</think>\n<answer>\n{e.target}\n</answer>"
+    assert t.is_correct(right, e)
+    assert [question(e) for e in get_task("arith", problems="muladd", seed=1, n_test=100).examples("test")] != \
+        [question(e) for e in test]
+
+
+def test_arith_refuses_bad_muladd_options():
+    import pytest
+
+    with pytest.raises(ValueError, match="max_factor"):
+        get_task("arith", problems="muladd", max_factor=1)
+    with pytest.raises(ValueError, match="leaves no training problems"):
+        get_task("arith", problems="muladd", max_factor=2, max_operand=3, n_test=3).examples("test")
+    with pytest.raises(ValueError, match="problems must be"):
+        get_task("arith", problems="muldiv")

@@ -13,6 +13,14 @@ minutes, offline. Two kinds of problem:
   numbers and a *different* operation, so copying the example's answer is never right (the
   placeholder prompt's "number" was copied verbatim by SmolLM2-135M, which then stopped learning).
 
+- `problems="muladd"` (the cpu-reasoning candidate, issue 21): "What is a * b + c?" with small
+  factors. Measured on the untrained SmolLM2-135M (NOTES-r21.md): it multiplies right, then mostly
+  answers the product or c; its few right answers all write the product first, so the right answer
+  needs an intermediate result. But it starts 1-3% right, too rarely for GRPO groups of 8 to learn
+  from (20 steps taught the format and the answer "c", not the sum). Held out by problem like the
+  sums; the worked example (`prompt_style="example"`) is one subtraction with fresh numbers: the
+  format on a single step, never a two-step solution.
+
 `weights` overrides reward weights by name (e.g. {"soft_format": 0.25}) so that a preset can
 make correctness dominate the total.
 """
@@ -87,8 +95,14 @@ def all_sums(max_operand: int, ops: str = "+-") -> list[tuple[str, int, int]]:
             if op == "+" or a >= b]
 
 
+def all_muladds(max_factor: int, max_operand: int) -> list[tuple[int, int, int]]:
+    """Every distinct problem (a, b, c) of "a * b + c" with 2 <= a, b <= max_factor, 1 <= c <= max_operand."""
+    return [(a, b, c) for a in range(2, max_factor + 1) for b in range(2, max_factor + 1)
+            for c in range(1, max_operand + 1)]
+
+
 def _example_system(rng: random.Random, op: str, answer: int, max_operand: int) -> str:
-    """The system prompt with a worked example on the other operation whose result is not `answer`."""
+    """The system prompt with a worked example on the other operation than `op` whose result is not `answer`."""
     eop = EXAMPLE_OPS[op]
     while True:
         x, y = rng.randint(2, max_operand), rng.randint(2, max_operand)
@@ -101,10 +115,11 @@ def _example_system(rng: random.Random, op: str, answer: int, max_operand: int) 
 class Arith(NumberAnswerTask):
     """Generated arithmetic problems with GSM8K's rewards (same tags; weights overridable).
 
-    Options: `problems` "word" | "sums"; `template` "chat" | "base"; `prompt_style`
-    "placeholder" (the format with placeholder words) | "example" (one worked example, sums
-    only); `max_operand` and `ops` ("+-", "+" or "-"; sums); `n_train`/`n_test` (sums: the test
-    set is `n_test` distinct problems, training cycles through the rest); `seed` (which problems
+    Options: `problems` "word" | "sums" | "muladd"; `template` "chat" | "base"; `prompt_style`
+    "placeholder" (the format with placeholder words) | "example" (one worked one-step example,
+    sums and muladd); `max_operand` and `ops` ("+-", "+" or "-"; sums); `max_factor` (muladd's
+    a and b; its c goes up to `max_operand`); `n_train`/`n_test` (sums and muladd: the test set is
+    `n_test` distinct problems, training cycles through the rest); `seed` (which problems
     are train and which test, and the draws); `weights`.
     Raises ValueError on an unknown value.
     """
@@ -114,22 +129,25 @@ class Arith(NumberAnswerTask):
 
     def __init__(self, n_train: int = 5000, n_test: int = 200, seed: int = 0, template: str = "chat",
                  system_prompt: str | None = None, problems: str = "word", prompt_style: str = "placeholder",
-                 max_operand: int = 20, ops: str = "+-", weights: dict[str, float] | None = None) -> None:
+                 max_operand: int = 20, ops: str = "+-", max_factor: int = 6,
+                 weights: dict[str, float] | None = None) -> None:
         check_template(template)
-        if problems not in ("word", "sums"):
-            raise ValueError(f"problems must be 'word' or 'sums', got {problems!r}")
+        if problems not in ("word", "sums", "muladd"):
+            raise ValueError(f"problems must be 'word', 'sums' or 'muladd', got {problems!r}")
+        if problems == "muladd" and (max_factor < 2 or max_operand < 1):
+            raise ValueError(f"max_factor must be >= 2 and max_operand >= 1, got {max_factor} and {max_operand}")
         if prompt_style not in ("placeholder", "example"):
             raise ValueError(f"prompt_style must be 'placeholder' or 'example', got {prompt_style!r}")
         if not ops or set(ops) - set(SUM_OPS) or len(set(ops)) != len(ops):
             raise ValueError(f"ops must be a string of distinct operations from '+-', got {ops!r}")
-        if prompt_style == "example" and problems != "sums":
-            raise ValueError("prompt_style='example' needs problems='sums' (its worked example is a sum)")
+        if prompt_style == "example" and problems == "word":
+            raise ValueError("prompt_style='example' needs problems='sums' or 'muladd' (its worked example is a sum)")
         unknown = sorted(set(weights or {}) - set(REWARDS))
         if unknown:
             raise ValueError(f"unknown reward(s) in weights: {unknown}; known: {sorted(REWARDS)}")
         self.n_train, self.n_test, self.seed = n_train, n_test, seed
         self.template, self.problems, self.prompt_style = template, problems, prompt_style
-        self.max_operand, self.ops = max_operand, ops
+        self.max_operand, self.ops, self.max_factor = max_operand, ops, max_factor
         self.system_prompt = system_prompt
         if weights:
             self.rewards = {k: (fn, float(weights.get(k, w))) for k, (fn, w) in REWARDS.items()}
@@ -142,6 +160,8 @@ class Arith(NumberAnswerTask):
 
     def user_prompt(self, text: str) -> str | Messages:
         """A typed question, in the task's template (with a worked example when training had one)."""
+        if self.prompt_style == "example" and self.problems == "muladd":
+            return self.prompt(text, _example_system(random.Random(text), "+", -1, self.max_operand))
         if self.prompt_style == "example":
             op = "-" if "-" in text else "+"
             return self.prompt(text, _example_system(random.Random(text), op, -1, self.max_operand))
@@ -150,7 +170,7 @@ class Arith(NumberAnswerTask):
     def examples(self, split: str) -> Sequence[Example]:
         check_split(split)
         if split not in self._cache:
-            make = self._sums if self.problems == "sums" else self._words
+            make = {"sums": self._sums, "muladd": self._muladds, "word": self._words}[self.problems]
             self._cache[split] = [Example(id=f"arith/{split}/{i}", prompt=p, target=a)
                                   for i, (p, a) in enumerate(make(split))]
         return self._cache[split]
@@ -169,15 +189,30 @@ class Arith(NumberAnswerTask):
                 rows.append((self.prompt(q), a))
         return rows
 
-    def _sums(self, split: str) -> list[tuple[str | Messages, str]]:
-        problems = all_sums(self.max_operand, self.ops)
+    def _held_out(self, problems: list, split: str, what: str) -> list:
+        """`split`'s problems: the first n_test of a seeded shuffle are the test set; the rest are
+        cycled through for n_train draws. Raises ValueError when n_test leaves none to train on."""
         if self.n_test >= len(problems):
-            raise ValueError(f"n_test={self.n_test} leaves no training problems: max_operand={self.max_operand} "
-                             f"and ops={self.ops!r} give {len(problems)} distinct problems")
-        random.Random(f"arith-sums-split-{self.seed}").shuffle(problems)
-        # The first n_test problems are the test set; the rest are cycled through for n_train draws.
-        chosen = problems[:self.n_test] if split == "test" else \
+            raise ValueError(f"n_test={self.n_test} leaves no training problems: {what} give "
+                             f"{len(problems)} distinct problems")
+        random.Random(f"arith-{self.problems}-split-{self.seed}").shuffle(problems)
+        return problems[:self.n_test] if split == "test" else \
             [problems[self.n_test + i % (len(problems) - self.n_test)] for i in range(self.n_train)]
+
+    def _muladds(self, split: str) -> list[tuple[str | Messages, str]]:
+        chosen = self._held_out(all_muladds(self.max_factor, self.max_operand), split,
+                                f"max_factor={self.max_factor} and max_operand={self.max_operand}")
+        rng, rows = random.Random(f"arith-muladd-{split}-{self.seed}"), []
+        for a, b, c in chosen:
+            answer = a * b + c
+            # The example is a subtraction (one step, another operation): measured in NOTES-r21.md.
+            system = _example_system(rng, "+", answer, self.max_operand) if self.prompt_style == "example" else None
+            rows.append((self.prompt(f"What is {a} * {b} + {c}?", system), str(answer)))
+        return rows
+
+    def _sums(self, split: str) -> list[tuple[str | Messages, str]]:
+        chosen = self._held_out(all_sums(self.max_operand, self.ops), split,
+                                f"max_operand={self.max_operand} and ops={self.ops!r}")
         rng = random.Random(f"arith-sums-{split}-{self.seed}")
         rows = []
         for op, a, b in chosen:
