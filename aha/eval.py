@@ -132,7 +132,8 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
     """Generate on the first `limit` examples of `split` and score them (see the module docstring).
 
     Returns the metrics (n, accuracy, accuracy_lenient, format_rate, completion_len, reflection_rate,
-    truncated_rate, the steps_* figures where the task defines steps, and pass@k / maj@k when samples > 1), plus "rows" when save_completions. Sampling draws from
+    truncated_rate, the steps_* figures where the task defines steps, and pass@k / maj@k when samples > 1),
+    plus "rows" when save_completions. Sampling draws from
     a private RNG seeded with `seed`, so the caller's (the trainer's) random stream is untouched.
     `engine`: an `aha.rollout.engine.Engine` the caller owns (the trainer's), or a name from
     aha/engines.py: that engine is built once for this call and closed at its end.

@@ -255,7 +255,8 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
 def reasoning_plot(rows: Sequence[dict[str, Any]], plt: Any) -> tuple[Any, Any] | None:
     """(figure, axes) of the held-out evals on one step axis: strict and lenient accuracy and the
     steps share (left, fractions), mean completion length (right, tokens); None without evals."""
-    curves = [("eval/accuracy", "accuracy, strict", "C3", "o-"), ("eval/accuracy_lenient", "accuracy, lenient", "C2", "^--"),
+    curves = [("eval/accuracy", "accuracy, strict", "C3", "o-"),
+              ("eval/accuracy_lenient", "accuracy, lenient", "C2", "^--"),
               ("eval/steps_share", "completions with steps", "C0", "s-")]
     if not series(rows, "eval/accuracy")[0]:
         return None

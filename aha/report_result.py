@@ -51,7 +51,8 @@ def result_section(rows: Sequence[dict[str, Any]]) -> list[str]:
             return f"{100 * v:.1f}%" if _num(v) else "- (none)"
         md += ["", "Strict accuracy of completions with intermediate steps vs without: " + "; ".join(
             f"step {s}: {pct(w)} vs {pct(wo)}" for s, w, wo in pays) + "."]
-    low = [r["step"] for r in evals if _num(r.get("eval/accuracy_lenient")) and r["eval/accuracy_lenient"] < r["eval/accuracy"]]
+    low = [r["step"] for r in evals
+           if _num(r.get("eval/accuracy_lenient")) and r["eval/accuracy_lenient"] < r["eval/accuracy"]]
     if low:
         md += ["", f"Note: lenient accuracy is below strict at step(s) {', '.join(map(str, low))}. These figures come "
                "from a lenient grader that read the last number anywhere, including text written after `</answer>` "
@@ -115,9 +116,11 @@ def verdict(change: dict[str, float], n: float | None) -> str:
                 "gain is mostly **format** (the answer now sits where the strict grader looks), not better answers"
                 f"{worse}{longer}.")
     if down(lenient) or down(strict):
-        return (f"**Worse than untrained**: {moved('strict accuracy', strict)} and {moved('lenient accuracy', lenient)} "
+        return (f"**Worse than untrained**: {moved('strict accuracy', strict)} and "
+                f"{moved('lenient accuracy', lenient)} "
                 f"{band}{longer}.")
-    return f"**Nothing beyond chance**: neither grader nor the steps share moved by more than ~{noise:.0f} points {on}{longer}."
+    return (f"**Nothing beyond chance**: neither grader nor the steps share moved by more than ~{noise:.0f} points "
+            f"{on}{longer}.")
 
 
 def _num(v: Any) -> bool:

@@ -5,8 +5,8 @@ measures the time, which a shared test machine's clock cannot judge.
     python bench/rewards.py [--budget-ms 50] [--json bench/results/rewards-cpu.json]
 
 Every reward of every task, and its lenient grader and reasoning-steps count, on each hostile text
-of the property tests (1 MB of digits, 20,000 `<answer>` tags, `9**9**9**9`, ...) in each wrapping; the Countdown solver on 200 random 4-number
-puzzles (mostly unsolvable: full searches). It prints the slowest cases and exits 1 if any reward
+of the property tests (1 MB of digits, 20,000 `<answer>` tags, `9**9**9**9`, ...) in each wrapping;
+the Countdown solver on 200 random 4-number puzzles (mostly unsolvable: full searches). It prints the slowest cases and exits 1 if any reward
 call took longer than the budget.
 """
 

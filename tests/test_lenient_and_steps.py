@@ -101,7 +101,8 @@ suffix = st.lists(st.sampled_from(PIECES) | st.text(alphabet=st.characters(black
                   max_size=40).map("".join)
 styles = st.tuples(st.booleans(), st.booleans(), st.sampled_from(["none", "before", "after"]), st.booleans(),
                    st.sampled_from(["", " ", "\n", " \n"]))
-PREFILLED = [None, CHAT.prompt("Q?"), "Question?\nAssistant: ", "Question?\nAssistant: <think>\n3 + 4 = 7\n</think>\n<answer>"]
+PREFILLED = [None, CHAT.prompt("Q?"), "Question?\nAssistant: ",
+             "Question?\nAssistant: <think>\n3 + 4 = 7\n</think>\n<answer>"]
 
 
 @settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -177,7 +178,8 @@ def test_reasoning_metrics():
 
 def test_step_records_carry_the_steps_and_the_step_metrics_summarise_them():
     exs = [_ex("15")] * 3
-    texts = ["3 + 5 = 8\n8 + 7 = 15\n</think>\n<answer>\n15\n</answer>", "3 + 5 + 7 = 15\n</think>\n<answer>\n15\n</answer>",
+    texts = ["3 + 5 = 8\n8 + 7 = 15\n</think>\n<answer>\n15\n</answer>",
+             "3 + 5 + 7 = 15\n</think>\n<answer>\n15\n</answer>",
              "3 + 5 = 8\n</think>\n<answer>\n8\n</answer>"]
     records = completion_records(BASE, exs, texts, [BASE.score(t, e) for t, e in zip(texts, exs)], [9, 8, 7],
                                  [False] * 3)

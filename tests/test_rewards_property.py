@@ -1,6 +1,6 @@
 """Every reward of every task, on arbitrary and hostile text: a finite float in [0, 1], never an
-exception; the lenient grader (implied by the strict one) and the reasoning-steps count likewise. Also the per-reward metrics helper `reward_means`. How long they take on the same
-hostile texts (the 50 ms budget) is measured by bench/rewards.py, not asserted here: a shared
+exception; the lenient grader (implied by the strict one) and the reasoning-steps count likewise.
+Also the per-reward metrics helper `reward_means`. How long they take on the same hostile texts (the 50 ms budget) is measured by bench/rewards.py, not asserted here: a shared
 test machine's clock says little."""
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ def test_generate_applies_the_stop_strings_of_its_params(monkeypatch):
     tok = CharTokenizer()
     tok.pad_token_id, tok.eos_token_id = PAD, EOS
     monkeypatch.setitem(rollout.ENGINES, "fake", f"{__name__}:fake_generate_ids")
-    monkeypatch.setattr(rollout, "encode_prompts", lambda tokenizer, prompts, device: (torch.ones(1, 2, dtype=torch.long),) * 2)
+    one_prompt = (torch.ones(1, 2, dtype=torch.long),) * 2  # (ids, mask)
+    monkeypatch.setattr(rollout, "encode_prompts", lambda tokenizer, prompts, device: one_prompt)
     model = torch.nn.Linear(1, 1)
     ro = rollout.generate(model, tok, ["p"], rollout.SamplingParams(max_new_tokens=30, stop=("</answer>",)), "fake")
     assert ro.texts == ["<answer>5</answer>"] and int(ro.completion_mask.sum()) == len("<answer>5</answer>")
