@@ -274,9 +274,12 @@ class Session:
         while True:
             try:
                 line = input("> ") if interactive else sys.stdin.readline()
-            except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C at the prompt: leave
+            except EOFError:  # Ctrl-D at the prompt: leave
                 print(file=sys.stderr)
                 return 0
+            except KeyboardInterrupt:  # Ctrl-C: leave with the shell's code for an interrupt
+                print(file=sys.stderr)
+                return 130
             if not interactive and line == "":  # EOF on a pipe ("" is not a blank line: that is "\n")
                 return 0
             line = line.strip()

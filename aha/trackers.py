@@ -12,8 +12,8 @@ Each package is optional (`pip install 'aha[wandb]'`, `'aha[trackio]'`); `check_
 the config is loaded, so a missing one stops the run with the install command before any model
 loads. The old `tensorboard: false` key still works: it removes `tensorboard` from `report_to`.
 
-W&B reads its usual environment (WANDB_PROJECT, default "aha"; WANDB_ENTITY; WANDB_MODE=offline
-writes `output_dir/wandb/` without an account). A resumed run continues the same W&B run (its id is
+W&B reads its usual environment (WANDB_PROJECT, default "aha"; WANDB_ENTITY; WANDB_DIR, default
+`output_dir`; WANDB_MODE=offline writes `<WANDB_DIR>/wandb/` without an account). A resumed run continues the same W&B run (its id is
 kept in `output_dir/wandb/aha-run-id`); W&B keeps the first values of steps that are logged twice.
 Trackio logs locally (project TRACKIO_PROJECT, default "aha"; `trackio show` opens the dashboard).
 """
@@ -163,7 +163,9 @@ class WandbTracker(_RunTracker):
         (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
         id_file = run_dir / "wandb" / "aha-run-id"
         run_id = id_file.read_text().strip() if resume_step is not None and id_file.is_file() else None
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "aha"), name=run_dir.name, dir=str(run_dir),
+        # WANDB_DIR, when set, is where the user keeps W&B's files (wandb.init's dir= would override it).
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "aha"), name=run_dir.name,
+                              dir=os.environ.get("WANDB_DIR") or str(run_dir),
                               config=config, id=run_id, resume="allow" if run_id else None)
         self.table = wandb.Table
         self.teardown = wandb.teardown

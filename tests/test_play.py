@@ -230,3 +230,12 @@ def test_piped_play_with_a_smoke_checkpoint_uses_its_task(tmp_path_factory, monk
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     # The smoke run trained on countdown: its template (and pre-fill) is applied to each line.
     assert len(rows) == 2 and all(r["completion"].startswith("Let me solve this step by step.\n<think>") for r in rows)
+
+
+def test_ctrl_c_at_the_prompt_exits_130(monkeypatch, capsys):
+    """Ctrl-C leaves with the shell's interrupt code (it exited 0, like Ctrl-D)."""
+    class Interrupting(io.StringIO):
+        def readline(self, *a):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(sys, "stdin", Interrupting())
+    assert main(["play", "--model", "random:tiny-qwen2", "--device", "cpu", "--max-new-tokens", "4"]) == 130

@@ -206,3 +206,18 @@ def test_changing_trackers_on_resume_is_not_a_change_of_the_run():
 
     saved, now = Config().to_dict(), Config(report_to=["wandb"], report_table_every=1, tensorboard=False).to_dict()
     assert resume_diff(saved, now) == ([], [])
+
+
+def test_wandb_dir_from_the_environment_wins(tmp_path, monkeypatch):
+    """WANDB_DIR set by the user is where W&B writes (it was ignored: dir= always the run dir)."""
+    calls = []
+    run = types.SimpleNamespace(id="abc", finish=lambda: None)
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(kw) or run, Table=None, teardown=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    from aha.trackers import WandbTracker
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    WandbTracker(tmp_path / "run", {})
+    monkeypatch.delenv("WANDB_DIR")
+    WandbTracker(tmp_path / "run2", {})
+    assert calls[0]["dir"] == str(tmp_path / "elsewhere") and calls[1]["dir"] == str(tmp_path / "run2")
