@@ -144,7 +144,7 @@ class VLLMEngine:
             raise ModelError(f"rollout.engine=vllm runs on CPU or CUDA, not {self.device.type}; "
                              "use rollout.engine=native")
         # Adapter-only sync by default on CUDA; on CPU full sync: vLLM-CPU's LoRA kernels made generation
-        # ~5x slower than on merged weights at the demo's shape, far more than the sync saves (NOTES/BENCHMARKS).
+        # ~5x slower than on merged weights at the demo's shape, far more than the sync saves (BENCHMARKS.md, "vLLM on CPU").
         lora_default = "1" if self.device.type == "cuda" else "0"
         self.adapter = os.environ.get("AHA_VLLM_LORA", lora_default) != "0" and adapter_sync_possible(model)
         self.sleep_level = 0

@@ -14,7 +14,7 @@ minutes, offline. Two kinds of problem:
   placeholder prompt's "number" was copied verbatim by SmolLM2-135M, which then stopped learning).
 
 - `problems="muladd"` (the cpu-reasoning candidate, issue 21): "What is a * b + c?" with small
-  factors. Measured on the untrained SmolLM2-135M (NOTES-r21.md): it multiplies right, then mostly
+  factors. Measured on the untrained SmolLM2-135M (docs/reasoning-search.md): it multiplies right, then mostly
   answers the product or c; its few right answers all write the product first, so the right answer
   needs an intermediate result. But it starts 1-3% right, too rarely for GRPO groups of 8 to learn
   from (20 steps taught the format and the answer "c", not the sum). Held out by problem like the
@@ -205,7 +205,7 @@ class Arith(NumberAnswerTask):
         rng, rows = random.Random(f"arith-muladd-{split}-{self.seed}"), []
         for a, b, c in chosen:
             answer = a * b + c
-            # The example is a subtraction (one step, another operation): measured in NOTES-r21.md.
+            # The example is a subtraction (one step, another operation): measured in docs/reasoning-search.md.
             system = _example_system(rng, "+", answer, self.max_operand) if self.prompt_style == "example" else None
             rows.append((self.prompt(f"What is {a} * {b} + {c}?", system), str(answer)))
         return rows

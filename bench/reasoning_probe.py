@@ -1,12 +1,30 @@
-"""Sample the untrained model on candidate tasks: accuracy, steps share, acc with/without steps.
-usage: python scratch/probe.py CAND [N] [TOKENS]"""
+"""Sample the untrained SmolLM2-135M on a candidate reasoning task (issue 21's search, docs/reasoning-search.md):
+lenient accuracy, the share of completions with an intermediate step, accuracy with and without steps.
+
+usage: python bench/reasoning_probe.py CAND [N] [TOKENS] [TEMPERATURE]     (CAND_base: the base template)
+Prints one JSON line; writes every completion to bench/results/probe-CAND-tT.jsonl. Steps and the final
+answer are the project's own (`_common.arithmetic_steps`, `_common.final_number`), as in the metrics.
+"""
 import json, random, sys, time
-sys.path[:0] = [".", "scratch"]
+from decimal import Decimal
+
 import torch
+
 from aha.model import load_policy
 from aha.rollout import SamplingParams, generate
-from aha.tasks._common import templated
-from steps import steps, lenient_ok, final_answer
+from aha.tasks._common import arithmetic_steps, final_number, templated
+
+PREFILL = "<think>\n"
+
+
+def steps(full: str) -> int:
+    return arithmetic_steps(full, final_number(full.removeprefix(PREFILL), PREFILL))
+
+
+def lenient_ok(full: str, gold: int) -> bool:
+    fin = final_number(full.removeprefix(PREFILL), PREFILL)
+    return fin is not None and Decimal(fin) == Decimal(gold)
+
 
 FMT = ("Solve the problem. Think step by step inside <think> </think> tags, then write only the final "
        "number inside <answer> </answer> tags. For example, for \"{eq}?\":\n"
@@ -128,8 +146,9 @@ def main():
                           acc_steps=round(acc(ws), 3), n_steps=len(ws), acc_nosteps=round(acc(wo), 3),
                           mean_len=round(sum(r["len"] for r in rows) / len(rows), 1), tagged=round(tagged, 3),
                           secs=round(dt))))
-    with open(f"scratch/probe-{name}-t{temp}.jsonl", "w") as f:
+    with open(f"bench/results/probe-{name}-t{temp}.jsonl", "w") as f:
         for r in rows: f.write(json.dumps(r) + "\n")
 
 
-main()
+if __name__ == "__main__":
+    main()
