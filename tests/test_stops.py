@@ -65,9 +65,18 @@ def test_multi_character_tokens_stop_at_the_token_that_completes_the_string():
 CANNED = "<answer>5</answer>\nUser: 9"  # what the fake engine "generates"
 
 
-def fake_generate_ids(model, prompt_ids, prompt_mask, params, eos, pad, with_logprobs=False):
-    ids = torch.tensor([CharTokenizer().encode(CANNED)] * prompt_ids.shape[0])
-    return ids, torch.zeros(ids.shape)
+class FakeEngine:
+    """An engine (aha/rollout/engine.py's contract) that always "generates" CANNED."""
+
+    def generate(self, prompt_ids, prompt_mask, params, eos_ids, pad_id):
+        ids = torch.tensor([CharTokenizer().encode(CANNED)] * prompt_ids.shape[0])
+        return ids, torch.zeros(ids.shape)
+
+    def sync_weights(self, model):
+        pass
+
+    def close(self):
+        pass
 
 
 def test_generate_applies_the_stop_strings_of_its_params(monkeypatch):
@@ -76,12 +85,11 @@ def test_generate_applies_the_stop_strings_of_its_params(monkeypatch):
 
     tok = CharTokenizer()
     tok.pad_token_id, tok.eos_token_id = PAD, EOS
-    monkeypatch.setitem(rollout.ENGINES, "fake", f"{__name__}:fake_generate_ids")
     one_prompt = (torch.ones(1, 2, dtype=torch.long),) * 2  # (ids, mask)
     monkeypatch.setattr(rollout, "encode_prompts", lambda tokenizer, prompts, device: one_prompt)
     model = torch.nn.Linear(1, 1)
-    ro = rollout.generate(model, tok, ["p"], rollout.SamplingParams(max_new_tokens=30, stop=("</answer>",)), "fake")
+    ro = rollout.generate(model, tok, ["p"], rollout.SamplingParams(max_new_tokens=30, stop=("</answer>",)), FakeEngine())
     assert ro.texts == ["<answer>5</answer>"] and int(ro.completion_mask.sum()) == len("<answer>5</answer>")
     assert not ro.truncated.item() and ro.logprobs is not None
-    plain = rollout.generate(model, tok, ["p"], rollout.SamplingParams(max_new_tokens=30), "fake")
+    plain = rollout.generate(model, tok, ["p"], rollout.SamplingParams(max_new_tokens=30), FakeEngine())
     assert plain.texts == [CANNED] and plain.truncated.item()

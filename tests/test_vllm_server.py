@@ -343,7 +343,9 @@ def test_seeded_sampling_replays_and_rows_differ(vllm_url, smollm):
         b = generate(model, tok, prompts, params, engine)
     finally:
         engine.close()
-    assert a.completion_ids.tolist() == b.completion_ids.tolist() and torch.equal(a.logprobs, b.logprobs)
+    # The same tokens; their log-probs to rounding (the server may batch the rows differently each time)
+    assert a.completion_ids.tolist() == b.completion_ids.tolist()
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
     assert len({tuple(r) for r in a.completion_ids[:4].tolist()}) > 1  # a group's rows are not copies
     assert (a.logprobs * a.completion_mask < 0).sum() > 0 and (a.logprobs * a.completion_mask <= 0).all()
 
