@@ -49,7 +49,9 @@ def writing(run_dir: Path, step: int) -> Iterator[Path]:
         yield tmp
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or type(e) is RuntimeError:
+        # tokenizers (Rust) raises a bare Exception for I/O errors: "No space left on device (os error 28)"
+        rust_io = type(e) is Exception and "(os error " in str(e)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError" or type(e) is RuntimeError or rust_io:
             raise CheckpointError(write_failure(run_dir, step, e)) from e
         raise
 

@@ -106,3 +106,35 @@ def test_micro_batch_rows_fit_the_budget_and_the_devices():
     assert micro_batch_rows(64, 100, 100, 8) == 8  # never fewer rows than devices
     assert micro_batch_rows(48, 10, 10_000, 1) == 48
     assert micro_batch_rows(48, 10, 250, 1) == 24  # divides the batch: fixed shapes
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_anything_is_written(tmp_path: Path, capsys, monkeypatch):
+    """As on the torch backend (tests/test_reliability_context.py): the longest prompt's tokens plus
+    rollout.max_new_tokens past the model's max positions (config.json's, 2048 here) is one line naming
+    the budget to use, before the run directory exists - not a rollout that runs off the context."""
+    import aha.jax.train
+    from aha.tasks.base import Example, Task
+
+    class LongPrompt(Task):
+        name = "long"
+        rewards = {"zero": (lambda completion, ex: 0.0, 1.0)}
+
+        def examples(self, split):
+            return [Example(f"l/{split}/{i}", f"prompt {i}:", None) for i in range(3)] + [
+                Example(f"l/{split}/long", "count: " + " ".join(str(i % 10) for i in range(1000)), None)]
+
+        def is_correct(self, completion, ex):
+            return False
+
+        def is_formatted(self, completion, ex):
+            return False
+
+    monkeypatch.setattr(aha.jax.train, "get_task", lambda name, **o: LongPrompt())
+    out = tmp_path / "run"
+    assert main(["train", "-c", "smoke", f"output_dir={out}", *SMOKE, "rollout.max_new_tokens=2000"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("aha: error: the longest train prompt (l/train/long) is "), lines
+    assert "past the model's context of 2048 positions: lower rollout.max_new_tokens to " in lines[0], lines
+    longest = int(lines[0].split(" is ")[1].split()[0])
+    assert 1000 < longest < 2048 and f"to {2048 - longest} or less" in lines[0], lines
+    assert not out.exists()

@@ -27,6 +27,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -80,6 +81,9 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
     mcfg, tokenizer = lm.config, lm.tokenizer
     render_prompt(tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
+    # ModelConfig keeps no max positions: the HF config.json's, as the torch loop checks them
+    guards.check_context(tokenizer, SimpleNamespace(**lm.hf_config), train_set, cfg.rollout.max_new_tokens,
+                         render_prompt)
     params = shard_params(lm.params, mesh)  # frozen, split over the devices
     lm.params = None  # drop the host copy
     targets = lora_lib.target_names(cfg.lora.target_modules)
