@@ -41,7 +41,7 @@ class LoraConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # hf (transformers generate) | native | vllm
+    engine: str = "hf"  # aha/engines.py: hf (transformers generate) | native | vllm | vllm-server
     num_generations: int = 8  # G: completions per prompt; advantages are relative within a group
     max_new_tokens: int = 256
     temperature: float = 1.0
