@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from aha import guards
-from aha.ckptdir import (ADAPTER_CONFIG, ADAPTER_FILE, MODEL_FILE, adapter_config_problem, commit, earlier_hint,
-                         one_line, read_meta, weights_problem, writing)
+from aha.ckptdir import (ADAPTER_CONFIG, ADAPTER_FILE, MODEL_FILE, adapter_config_problem, commit, damaged,
+                         earlier_hint, one_line, read_meta, weights_problem, writing)
 from aha.errors import CheckpointError
 from aha.model import unwrap
 from aha.seeding import resharded_sampling_seed, seed_rngs
@@ -78,7 +78,7 @@ def verify(path: Path) -> dict[str, Any]:
         if problem == "missing":
             missing.append(ADAPTER_CONFIG)
         elif problem:
-            raise CheckpointError(f"{path / ADAPTER_CONFIG} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+            raise damaged(path / ADAPTER_CONFIG, problem, path)
     if missing or not weights:
         what = ", ".join(missing) + (" and " if missing and not weights else "") + \
             ("its weights" if not weights else "")
@@ -86,7 +86,7 @@ def verify(path: Path) -> dict[str, Any]:
     for name in weights:  # the header only: a truncated or empty file is refused before any model loads
         problem = weights_problem(path / name)
         if problem:
-            raise CheckpointError(f"{path / name} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+            raise damaged(path / name, problem, path)
     read_state(path, meta["step"], mmap=True)  # memory-mapped: checking even a large optimizer state costs little
     return meta
 
@@ -103,7 +103,7 @@ def read_state(path: Path, step: int, mmap: bool = False) -> dict[str, Any]:
                               f"{earlier_hint(path)}") from e
     problem = state_problem(state, step)
     if problem:
-        raise CheckpointError(f"{file} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+        raise damaged(file, problem, path)
     return state
 
 

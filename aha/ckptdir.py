@@ -149,7 +149,7 @@ def read_meta(path: Path, flag: str = "--resume") -> dict[str, Any]:
         # the run would continue from the wrong step (eval, export and play do not care)
         problem = f"says step {meta['step']} but the directory is {path.name}"
     if problem:
-        raise CheckpointError(f"{file} {problem}: the checkpoint is damaged; {earlier_hint(path, flag)}")
+        raise damaged(file, problem, path, flag)
     return meta
 
 
@@ -197,6 +197,12 @@ def step_of(path: Path) -> int | None:
     """N of a step-N directory name, or None."""
     m = _STEP_RE.match(Path(path).name)
     return int(m.group(1)) if m else None
+
+
+def damaged(file: Path, problem: str, checkpoint: Path, flag: str = "--resume") -> CheckpointError:
+    """The one-line error for a checkpoint file that cannot be used: the file, what is wrong with it
+    (a phrase after its path), and the fix (`earlier_hint`)."""
+    return CheckpointError(f"{file} {problem}: the checkpoint is damaged; {earlier_hint(checkpoint, flag)}")
 
 
 def earlier_hint(path: Path, flag: str = "--resume") -> str:

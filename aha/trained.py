@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from aha.ckptdir import (ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, adapter_config_problem, earlier_hint,
-                         list_checkpoints, read_meta, weights_problem)
+from aha.ckptdir import (ADAPTER_CONFIG, ADAPTER_FILE, META_FILE, MODEL_FILE, adapter_config_problem, damaged,
+                         earlier_hint, list_checkpoints, read_meta, weights_problem)
 from aha.errors import CheckpointError, ModelError
 from aha.model import Policy, ensure_pad_token, load_base, resolve_device, resolve_dtype
 
@@ -77,8 +77,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     for name in (ADAPTER_FILE, MODEL_FILE):
         problem = weights_problem(path / name) if (path / name).is_file() else None
         if problem:
-            raise CheckpointError(f"{path / name} {problem}: the checkpoint is damaged; "
-                                  f"{earlier_hint(path, '--checkpoint')}")
+            raise damaged(path / name, problem, path, "--checkpoint")
     problem = adapter_config_problem(path) if (path / ADAPTER_FILE).is_file() else None
     if problem:
         raise CheckpointError(f"{path / ADAPTER_CONFIG} {'is ' if problem == 'missing' else ''}{problem}: the "

@@ -24,6 +24,7 @@ from aha.ckptdir import (
     ADAPTER_FILE,
     adapter_config_problem,
     commit,
+    damaged,
     earlier_hint,
     latest,
     list_checkpoints,
@@ -74,10 +75,10 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is missing {', '.join(missing)}; {earlier_hint(path)}")
     problem = adapter_config_problem(path)
     if problem:
-        raise CheckpointError(f"{path / ADAPTER_CONFIG} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+        raise damaged(path / ADAPTER_CONFIG, problem, path)
     problem = weights_problem(path / ADAPTER_FILE)  # headers and small files only: before any model loads
     if problem:
-        raise CheckpointError(f"{path / ADAPTER_FILE} {problem}: the checkpoint is damaged; {earlier_hint(path)}")
+        raise damaged(path / ADAPTER_FILE, problem, path)
     try:
         with np.load(path / OPT_FILE) as f:  # the zip directory only
             f.files  # noqa: B018
