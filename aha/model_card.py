@@ -116,7 +116,8 @@ def _accuracy_line(src: Source) -> str:
         return (f"{pct(last, 'eval/accuracy')} strict, {pct(last, 'eval/accuracy_lenient')} lenient at step "
                 f"{last['step']} (greedy, first {n} test examples)")
     return (f"strict (the required answer format) {pct(first, 'eval/accuracy')} at step {first['step']} -> "
-            f"{pct(last, 'eval/accuracy')} at step {last['step']}; lenient (the final answer read loosely: the last answer block, else the last number written) "
+            f"{pct(last, 'eval/accuracy')} at step {last['step']}; lenient (the final answer read loosely: the last "
+            f"answer block, else the last number written) "
             f"{pct(first, 'eval/accuracy_lenient')} -> {pct(last, 'eval/accuracy_lenient')} (greedy, the same "
             f"first {n} test examples each time)")
 

@@ -13,8 +13,9 @@ the config is loaded, so a missing one stops the run with the install command be
 loads. The old `tensorboard: false` key still works: it removes `tensorboard` from `report_to`.
 
 W&B reads its usual environment (WANDB_PROJECT, default "aha"; WANDB_ENTITY; WANDB_DIR, default
-`output_dir`; WANDB_MODE=offline writes `<WANDB_DIR>/wandb/` without an account). A resumed run continues the same W&B run (its id is
-kept in `output_dir/wandb/aha-run-id`); W&B keeps the first values of steps that are logged twice.
+`output_dir`; WANDB_MODE=offline writes `<WANDB_DIR>/wandb/` without an account). A resumed run
+continues the same W&B run (its id is kept in `output_dir/wandb/aha-run-id`); W&B keeps the first
+values of steps that are logged twice.
 Trackio logs locally (project TRACKIO_PROJECT, default "aha"; `trackio show` opens the dashboard).
 """
 
