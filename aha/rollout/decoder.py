@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -197,9 +197,12 @@ _DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Decoder]] = w
 FUSE_ON_CPU = True  # False: the model's own modules on CPU too (bench/rollout.py --lora compares both)
 
 
-def _weights_version(model: torch.nn.Module) -> tuple:
-    # `_version` counts in-place writes (optimizer steps, load_state_dict); `data_ptr` catches swapped storage.
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+def weights_version(params: Iterable[torch.Tensor]) -> tuple:
+    """A value that changes whenever any of `params` is written: every engine that keeps its own copy
+    of the weights (the fused decoder here, vLLM in-process and its servers) compares it to skip
+    unchanged syncs. `_version` counts in-place writes (optimizer steps, load_state_dict);
+    `data_ptr` catches swapped storage."""
+    return tuple((p.data_ptr(), p._version) for p in params)
 
 
 def clear_cache() -> None:
@@ -210,7 +213,7 @@ def clear_cache() -> None:
 def decoder_for(model: torch.nn.Module, rows: int) -> Decoder:
     """The decoder for this model on its device: fused on CPU, the model's own modules elsewhere."""
     fused = next(model.parameters()).device.type == "cpu" and FUSE_ON_CPU
-    version = _weights_version(model) if fused else ()  # the module path reads the live weights
+    version = weights_version(model.parameters()) if fused else ()  # the module path reads the live weights
     hit = _DECODERS.get(model)
     if hit is not None and hit[0] == version and (hit[1].fused is not None) == fused:
         return hit[1]

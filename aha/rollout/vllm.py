@@ -50,6 +50,7 @@ import torch
 from aha.errors import ModelError
 from aha.model import unwrap
 from aha.rollout import SamplingParams
+from aha.rollout.decoder import weights_version
 
 log = logging.getLogger("aha")
 
@@ -144,7 +145,8 @@ class VLLMEngine:
             raise ModelError(f"rollout.engine=vllm runs on CPU or CUDA, not {self.device.type}; "
                              "use rollout.engine=native")
         # Adapter-only sync by default on CUDA; on CPU full sync: vLLM-CPU's LoRA kernels made generation
-        # ~5x slower than on merged weights at the demo's shape, far more than the sync saves (BENCHMARKS.md, "vLLM on CPU").
+        # ~5x slower than on merged weights at the demo's shape, far more than the sync saves
+        # (BENCHMARKS.md, "vLLM on CPU").
         lora_default = "1" if self.device.type == "cuda" else "0"
         self.adapter = os.environ.get("AHA_VLLM_LORA", lora_default) != "0" and adapter_sync_possible(model)
         self.sleep_level = 0
@@ -225,11 +227,11 @@ class VLLMEngine:
         with torch.no_grad():
             if self.adapter:
                 lora = [p for n, p in model.named_parameters() if "lora_" in n]
-                base_version = _weights_version_of([p for n, p in model.named_parameters() if "lora_" not in n])
+                base_version = weights_version([p for n, p in model.named_parameters() if "lora_" not in n])
                 if base_version != self.pushed:  # once: the base is frozen
                     self._reload(base_weights(model))
                     self.pushed, changed = base_version, True
-                version = _weights_version_of(lora)
+                version = weights_version(lora)
                 if version != self.adapter_pushed:
                     adapter_dir = os.path.join(self.dir, "adapter")
                     model.save_pretrained(adapter_dir)  # adapter_config.json + adapter_model.safetensors
@@ -239,7 +241,7 @@ class VLLMEngine:
                     self.request = LoRARequest("aha", 1, adapter_dir, load_inplace=True)
                     self.adapter_pushed, changed = version, True
             else:
-                version = _weights_version_of(list(model.parameters()))
+                version = weights_version(list(model.parameters()))
                 if version != self.pushed:
                     self._reload(merged_weights(model))
                     self.pushed, changed = version, True
@@ -320,7 +322,3 @@ class VLLMEngine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _weights_version_of(params: list[torch.Tensor]) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in params)

@@ -40,6 +40,7 @@ import torch
 
 from aha.errors import ConfigError, ModelError
 from aha.rollout import SamplingParams
+from aha.rollout.decoder import weights_version
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
 HINT = ("start it with `python -m aha.rollout.vllm_server MODEL --lora-rank R` (the same MODEL as the trainer's; "
@@ -198,7 +199,7 @@ class VLLMServerEngine:
         Raises ModelError when a server refuses the adapter."""
         _check_lora(model)
         self.model = model
-        weights = (id(model), _lora_version(model))
+        weights = (id(model), weights_version(p for n, p in model.named_parameters() if "lora_" in n))
         if weights == self.pushed:
             return
         start = time.perf_counter()
@@ -295,11 +296,6 @@ def _check_lora(model: torch.nn.Module) -> None:
         raise ModelError("rollout.engine=vllm-server syncs LoRA adapters only (finetune=lora or qlora); full "
                          "fine-tuning would need vLLM's NCCL weight transfer, not implemented: use "
                          "rollout.engine=vllm or native")
-
-
-def _lora_version(model: torch.nn.Module) -> tuple:
-    # `_version` counts in-place writes (optimizer steps, load_state_dict); `data_ptr` catches swapped storage.
-    return tuple((p.data_ptr(), p._version) for n, p in model.named_parameters() if "lora_" in n)
 
 
 def _rank(model: torch.nn.Module) -> int:
