@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from aha import distributed
+from aha.records import CompletionRecord
 from aha.rollout import Rollout, concat_rollouts
 
 
@@ -27,6 +28,8 @@ class Sampled:
     ro: Rollout
     scores: list[tuple[float, dict[str, float]]]  # (N,) the task's (total, parts)
     rewards: torch.Tensor  # (N,) what the advantages see: the task's reward plus any shaping
+    records: list[CompletionRecord]  # (N,) what is logged of each completion
+    marks: tuple[Any, Any]  # the step's clock after the rollout and after scoring (merged: the last round's)
 
 
 def has_spread(rewards: torch.Tensor, G: int) -> torch.Tensor:
@@ -52,26 +55,30 @@ def keep_first(flags: list[list[list[bool]]], want: int, rank: int) -> list[bool
     return mine
 
 
-def dynamic_sample(sample_round: Callable[[], Sampled], G: int, want: int, drop: bool, max_extra_rounds: int,
-                   pad_id: int, d: distributed.Dist = distributed.Dist()) -> tuple[Sampled, torch.Tensor, int]:
-    """Call `sample_round` (draws the next prompts_per_step prompts, rolls out and scores this rank's
-    share) once, then again while fewer than `want` groups over all ranks have a spread and extra rounds
-    remain. Without `drop` every group is kept and there is no refill.
+def dynamic_sample(first: Sampled, refill: Callable[[], Sampled] | None, G: int, want: int, drop: bool,
+                   max_extra_rounds: int, pad_id: int,
+                   d: distributed.Dist = distributed.Dist()) -> tuple[Sampled, torch.Tensor, int]:
+    """Given the step's `first` round (this rank's share of prompts_per_step prompts, rolled out and
+    scored), call `refill` (the same for the next prompts) while fewer than `want` groups over all ranks
+    have a spread and extra rounds remain. Without `drop` every group is kept; without `refill` there is
+    no refill.
 
     Returns (every round's completions merged, keep (N,) bool over them: whole groups, the extra rounds used).
     """
-    rounds = [sample_round()]
     if not drop:
-        return rounds[0], torch.ones(len(rounds[0].group), dtype=torch.bool), 0
+        return first, torch.ones(len(first.group), dtype=torch.bool), 0
+    rounds = [first]
+    max_extra_rounds = max_extra_rounds if refill is not None else 0
     while True:
         local = [has_spread(s.rewards, G).tolist() for s in rounds]
         flags = distributed.gather(local, d)  # every rank's flags, on every rank
         found = sum(ok for per_rank in flags for rnd in per_rank for ok in rnd)
         if found >= want or len(rounds) > max_extra_rounds:
             break
-        rounds.append(sample_round())
+        rounds.append(refill())
     keep = torch.tensor(keep_first(flags, want, d.rank), dtype=torch.bool).repeat_interleave(G)
     merged = rounds[0] if len(rounds) == 1 else Sampled(
         [ex for s in rounds for ex in s.group], concat_rollouts([s.ro for s in rounds], pad_id),
-        [sc for s in rounds for sc in s.scores], torch.cat([s.rewards for s in rounds]))
+        [sc for s in rounds for sc in s.scores], torch.cat([s.rewards for s in rounds]),
+        [rec for s in rounds for rec in s.records], rounds[-1].marks)
     return merged, keep, len(rounds) - 1

@@ -1,7 +1,9 @@
 """The GRPO training loop (torch), top to bottom: sample prompts -> `grpo_step` (rollout -> score
 -> advantages -> update) -> log -> eval -> checkpoint.
 
-Read `train()` first, then `grpo_step()`: together they are the algorithm's control flow. The
+Read `train()` first, then `grpo_step()`: together they are the algorithm's control flow. What
+happens after a step (metrics, held-out eval, logs, warnings, checkpoint, stop) is aha/loop.py's
+`Bookkeeper`, shared with the JAX loop; this file keeps only the torch step. The
 arithmetic is in algo.py (its variants are `algo.*` knobs), DAPO's dynamic sampling with refill in
 dynamic_sampling.py, the update's bookkeeping in update.py (which also measures how far the rollout
 engine's sampled log-probs are from the trainer's, `mismatch/*`), the memory-lean log-probs in
@@ -17,7 +19,6 @@ prompts and DDP all-reduces the gradients; the few places that differ call aha/d
 from __future__ import annotations
 
 import copy
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -33,15 +34,14 @@ from aha.ckptdir import checkpoint_to_resume, finished_note
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
 from aha.dynamic_sampling import Sampled, dynamic_sample, has_spread
-from aha.log import log_step, open_run
+from aha.loop import Backend, Bookkeeper, StepOutcome
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy, trainable_parameters
 from aha.optim import build_optimizer
-from aha.records import (CompletionRecord, StepTimes, UpdateStats, completion_records, probe_record, step_metrics,
-                         variant_metrics)
+from aha.records import CompletionRecord, StepTimes, UpdateStats, completion_records, probe_record, variant_metrics
 from aha.rollout import Rollout, SamplingParams, generate, render_prompt
 from aha.rollout.engine import Engine, make_engine
-from aha.schedule import eval_due, lr_lambda
+from aha.schedule import lr_lambda
 from aha.seeding import sampling_seed, seed_rngs
 from aha.tasks import Example, Task, get_task
 from aha.update import Mismatch, policy_update
@@ -79,13 +79,16 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         if d.main:
             print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    if d.main:  # rank 0 writes everything on disk; every check has passed, so --overwrite replaces the old run now
-        logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)
+    backend = Backend(held_out_eval=lambda: held_out_eval(learner, task, cfg), probe=lambda: probe(learner, task, cfg),
+                      save=lambda step: save(learner, run_dir, step, state, cfg, config_yaml),
+                      close=learner.engine.close)
+    # After each step (log, eval, warnings, checkpoint, stop): aha/loop.py, shared with the JAX loop.
+    book = Bookkeeper(cfg, run_dir, state, backend, config_yaml, resumed=ckpt_path is not None, overwrite=overwrite,
+                      main=d.main, all_sum=lambda xs: distributed.all_sum(xs, d))
 
     r = cfg.rollout
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, stop=tuple(task.stop_strings))
-    if state["step"] == 0 and eval_due(0, cfg) and d.main:  # the untrained policy: the baseline to beat
-        logger.log_metrics(0, held_out_eval(learner, task, cfg, logger, 0))
+    book.baseline()  # the untrained policy's held-out accuracy: the baseline to beat
     learner.model.train()
 
     def draw() -> list[Example]:
@@ -94,45 +97,20 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         examples = [train_set[i] for i in next_indices(len(train_set), cfg.prompts_per_step, state, cfg.seed)]
         return distributed.shard(examples, d)
 
-    no_signal = 0  # consecutive steps in which every group's rewards were equal
-    nonfinite = guards.NonFiniteGuard(cfg.max_nonfinite_steps, verbose=d.main)
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         task.step = step
         t0 = time.perf_counter()
         # 1-5. Prompts, rollout, score, advantages, update (`draw` again for DAPO's refill).
         res = grpo_step(learner, task, draw(), cfg, sampling, draw=draw)
 
-        # 6. Log: rank 0 gathers every rank's records and computes what a 1-process run would.
+        # 6-7. Log, eval, checkpoint: rank 0 gathers every rank's records and logs what a 1-process run would.
         records = [rec for rank_records in distributed.gather(res.records, d) for rec in rank_records]
         n_zero, n_groups = distributed.all_sum([res.zero_std.float().sum().item(), float(len(res.zero_std))], d)
-        if d.main:
-            _, t_gen, t_score, t_end = res.marks
-            times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
-            metrics = step_metrics(records, n_zero / n_groups, res.stats,
-                                   learner.scheduler.get_last_lr()[0], times, state["epoch"], r.num_generations)
-            metrics.update(res.extra)
-            if eval_due(step, cfg):
-                metrics.update(held_out_eval(learner, task, cfg, logger, step))
-            log_step(logger, progress, cfg, step, metrics, records, lambda: probe(learner, task, cfg))
-            # A run whose groups all carry equal rewards learns nothing: say so while it runs.
-            no_signal = no_signal + 1 if n_zero == n_groups else 0
-            if cfg.warn_no_signal_steps and no_signal == cfg.warn_no_signal_steps:
-                print(no_signal_warning(no_signal, metrics), file=sys.stderr, flush=True)
-        nonfinite.record(step, res.stats.nonfinite)  # one warning; stops the run after max_nonfinite_steps in a row
-
-        # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
-        # save now and stop (a signal during the last step just finishes the run).
-        state["step"] = step
-        stop = distributed.all_sum([float(rundir.stop_signal() is not None)], d)[0] > 0 and step < cfg.max_steps
-        if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-            saved = save(learner, run_dir, step, state, cfg, config_yaml)
-        if stop:
-            learner.engine.close()
-            raise rundir.stopped(rundir.stop_signal() or signal.SIGTERM, step, saved)
-    learner.engine.close()
-    if d.main:
-        progress.close()
-        logger.close()
+        _, t_gen, t_score, t_end = res.marks
+        times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
+        book.after_step(step, StepOutcome(records, n_zero, n_groups, res.stats, learner.scheduler.get_last_lr()[0],
+                                          times, res.extra))
+    book.close()
     learner.net = learner.model  # release DDP (its reducer holds the process group) before leaving the group
     distributed.shutdown(d)
     return run_dir
@@ -204,29 +182,14 @@ def grpo_step(learner: Learner, task: Task, examples: Sequence[Example], cfg: Co
     With refill rounds the marks are the last round's, so "rollout" also covers earlier rounds' scoring.
     """
     G, a, d = cfg.rollout.num_generations, cfg.algo, learner.d
-    marks = [clock()] * 3
-    pending, records = [examples], []
-
-    def sample_round() -> Sampled:
-        # Rollout: G completions per prompt; a prompt's G rows are adjacent (a group).
-        rows_examples = [ex for ex in (pending.pop() if pending else draw()) for _ in range(G)]
-        ro = generate(learner.model, learner.tokenizer, [ex.prompt for ex in rows_examples], sampling,
-                      learner.engine, cfg.rollout.batch_size)
-        marks[1] = clock()
-        # Score: the task's rule-checked rewards (plus DAPO's overlong shaping, 0 when off); accuracy and
-        # format are separate, unpaid figures.
-        scores = [task.score(text, ex) for text, ex in zip(ro.texts, rows_examples)]
-        lengths = ro.completion_mask.sum(dim=1)
-        records.extend(completion_records(task, rows_examples, ro.texts, scores, lengths, ro.truncated))
-        rewards = torch.tensor([total for total, _ in scores]) + overlong_penalty(  # (N,)
-            lengths.cpu(), cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty)
-        marks[2] = clock()
-        return Sampled(rows_examples, ro, scores, rewards)
-
+    t0 = clock()
+    # Rollout and score: G completions per prompt from the current policy, and their rewards.
+    first = sample_round(learner, task, examples, cfg, sampling, clock)
     # DAPO's dynamic sampling: all-equal groups are dropped (drop_zero_std) and refilled from more
     # prompts, up to max_refill_rounds extra rounds; without drop_zero_std every group is kept.
-    batch, keep, extra_rounds = dynamic_sample(sample_round, G, cfg.prompts_per_step, a.drop_zero_std,
-                                               a.max_refill_rounds if draw else 0, learner.tokenizer.pad_token_id, d)
+    refill = (lambda: sample_round(learner, task, draw(), cfg, sampling, clock)) if draw else None
+    batch, keep, extra_rounds = dynamic_sample(first, refill, G, cfg.prompts_per_step, a.drop_zero_std,
+                                               a.max_refill_rounds, learner.tokenizer.pad_token_id, d)
     ro = batch.ro
 
     # Advantages over the kept groups (batch statistics over every rank's); all-equal groups carry no
@@ -256,31 +219,40 @@ def grpo_step(learner: Learner, task: Task, examples: Sequence[Example], cfg: Co
                                               float(len(batch.group))], d)
     extra = variant_metrics(mismatch.metrics(d), a.drop_zero_std, extra_rounds, n_kept,
                             shaping / n if a.overlong_buffer else None)
-    return StepResult(ro, records, zero_std, stats, (marks[0], marks[1], marks[2], t_end), extra)
+    return StepResult(ro, batch.records, zero_std, stats, (t0, *batch.marks, t_end), extra)
 
 
-def held_out_eval(learner: Learner, task: Task, cfg: Config, logger: Any, step: int) -> dict[str, float]:
+def sample_round(learner: Learner, task: Task, examples: Sequence[Example], cfg: Config, sampling: SamplingParams,
+                 clock: Callable[[], Any] = time.perf_counter) -> Sampled:
+    """Roll out G completions for each of `examples` (a prompt's G rows adjacent: a group) and score
+    them: the task's rule-checked rewards plus DAPO's overlong shaping (0 when off); accuracy and format
+    are separate, unpaid figures (the records). `Sampled.marks` holds `clock()` after the rollout and
+    after scoring."""
+    G, a = cfg.rollout.num_generations, cfg.algo
+    rows_examples = [ex for ex in examples for _ in range(G)]
+    ro = generate(learner.model, learner.tokenizer, [ex.prompt for ex in rows_examples], sampling,
+                  learner.engine, cfg.rollout.batch_size)
+    t_gen = clock()
+    scores = [task.score(text, ex) for text, ex in zip(ro.texts, rows_examples)]
+    lengths = ro.completion_mask.sum(dim=1)
+    records = completion_records(task, rows_examples, ro.texts, scores, lengths, ro.truncated)
+    rewards = torch.tensor([total for total, _ in scores]) + overlong_penalty(  # (N,)
+        lengths.cpu(), cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty)
+    return Sampled(rows_examples, ro, scores, rewards, records, (t_gen, clock()))
+
+
+def held_out_eval(learner: Learner, task: Task, cfg: Config) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy accuracy (strict and lenient) on the first `eval_limit` test problems: the same
     problems and decoding at every eval, so step 0 against the end is a fair comparison. Returns
-    the `eval/*` metrics; the completions go to eval_completions.jsonl for the report. Greedy
-    decoding consumes no RNG: resume stays exact."""
+    (the `eval/*` metrics, the completions for eval_completions.jsonl). Greedy decoding consumes no
+    RNG: resume stays exact."""
     from aha.eval import evaluate
 
     result = evaluate(learner.model, learner.tokenizer, task, split="test", limit=cfg.eval_limit,
                       max_new_tokens=cfg.rollout.max_new_tokens, engine=learner.engine, save_completions=True)
     learner.model.train()
-    logger.log_eval_completions(step, result.pop("rows"))
-    return {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
-
-
-def no_signal_warning(steps: int, m: dict[str, float]) -> str:
-    """The one-line warning for `steps` consecutive steps in which no group carried a signal."""
-    return (f"aha: warning: no group has carried a learning signal for {steps} steps (every group's rewards "
-            f"equal, so every advantage is 0 and nothing is learned; answer_collapse={m['answer_collapse']:.2f}, "
-            f"entropy={m['entropy']:.3g}, reward={m['reward']:.3g}). Usual causes: rewards that are all equal "
-            "(too hard or too easy, or a reward bug), sampling too narrow (low temperature or top_p/top_k, "
-            "entropy collapsed: lower lr), reward hacking (every completion games the same reward); "
-            "see completions.jsonl")
+    rows = result.pop("rows")
+    return {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, rows
 
 
 def probe(learner: Learner, task: Task, cfg: Config) -> dict[str, Any]:

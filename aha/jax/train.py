@@ -4,7 +4,8 @@ order, writing the same metrics.jsonl / completions.jsonl (so `aha report` reads
 
 Shared with the torch loop (the backend-neutral modules): config, tasks and rewards, the prompt
 order (aha/data.py), the learning-rate schedule (aha/schedule.py), the per-completion records,
-update statistics and step metrics (aha/records.py), the run directory and its logs (aha/log.py,
+update statistics and step metrics (aha/records.py), everything after a step - metrics, held-out
+eval, logs, warnings, checkpoint and stop (aha/loop.py) - the run directory and its logs (aha/log.py,
 aha/ckptdir.py), eval's `summarize`. JAX here: the sampler, the loss and its gradient, the optax
 update, the sharding.
 
@@ -39,9 +40,9 @@ from aha import guards, rundir
 from aha.ckptdir import checkpoint_to_resume, finished_note
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
-from aha.log import log_step, open_run
-from aha.records import StepTimes, UpdateStats, completion_records, probe_record, step_metrics, variant_metrics
-from aha.schedule import eval_due, lr_lambda
+from aha.loop import Backend, Bookkeeper, StepOutcome
+from aha.records import StepTimes, UpdateStats, completion_records, probe_record, variant_metrics
+from aha.schedule import lr_lambda
 from aha.tasks import get_task
 
 COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
@@ -98,21 +99,26 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         print(f"aha: resumed from {ckpt_path} at step {state['step']}", file=sys.stderr)
     lora, opt_state = replicate(lora, mesh), replicate(opt_state, mesh)
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    logger, progress = open_run(run_dir, cfg, config_yaml, state["step"], ckpt_path is not None, overwrite)
     adapter_cfg = lora_lib.adapter_config(cfg.lora.r, cfg.lora.alpha, targets, cfg.model)
     fns = step_functions(mcfg, cfg, scale, optimizer, mesh)
     schedule = lr_lambda(cfg)
     base_key = jax.random.key(cfg.seed)
     put = partial(put_batch, mesh=mesh)
-    nonfinite = guards.NonFiniteGuard(cfg.max_nonfinite_steps)
 
     def sample(prompts: list[Any], key: jax.Array, temperature: float) -> Any:
         merged = fns["merge"](params, lora)  # LoRA folded into the weights: one matmul per projection
         return generate(merged, mcfg, tokenizer, prompts, key, cfg.rollout.max_new_tokens, temperature,
                         cfg.rollout.top_p, cfg.rollout.top_k, lm.eos_ids, put)
 
-    if state["step"] == 0 and eval_due(0, cfg):  # the untrained policy: the baseline to beat
-        logger.log_metrics(0, held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, 0))
+    def save(step: int) -> Path:  # reads `lora` and `opt_state` as they are when called: the step's result
+        return checkpoint.save(run_dir, step, lora, opt_state, tokenizer, {k: state[k] for k in ("epoch", "cursor")},
+                               config_yaml, cfg.keep_last, adapter_cfg)
+
+    backend = Backend(held_out_eval=lambda: held_out_eval(sample, task, cfg.eval_limit, n_dev),
+                      probe=lambda: probe(sample, task, n_dev), save=save)
+    # After each step (log, eval, warnings, checkpoint, stop): aha/loop.py, shared with the torch loop.
+    book = Bookkeeper(cfg, run_dir, state, backend, config_yaml, resumed=ckpt_path is not None, overwrite=overwrite)
+    book.baseline()  # the untrained policy's held-out accuracy: the baseline to beat
     for step in range(state["step"] + 1, cfg.max_steps + 1):
         task.step = step
         t0 = time.perf_counter()
@@ -147,28 +153,13 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
             stats = UpdateStats.skipped(nonfinite=problem)
         t_end = time.perf_counter()
 
-        # 6. Log: the torch loop's records and metrics.
+        # 6-7. Log, eval, checkpoint: the torch loop's records and metrics; no mismatch (NaN: the sampler
+        # returns no log-probs), no refill.
         times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
-        metrics = step_metrics(records, float(zero_std.mean()), stats, lrs[-1], times, state["epoch"], G)
-        # The torch loop's extra figures: no mismatch (NaN: the sampler returns no log-probs), no refill.
-        metrics.update(variant_metrics(None, cfg.algo.drop_zero_std, 0, float((~zero_std).sum())))
-        if eval_due(step, cfg):
-            metrics.update(held_out_eval(sample, task, cfg.eval_limit, n_dev, logger, step))
-        log_step(logger, progress, cfg, step, metrics, records, lambda: probe(sample, task, n_dev))
-        nonfinite.record(step, stats.nonfinite)  # one warning; stops the run after max_nonfinite_steps in a row
-
-        # 7. Checkpoint (the state saved is the state *after* this step); after a SIGTERM or Ctrl-C,
-        # save now and stop (a signal during the last step just finishes the run).
-        state["step"] = step
-        stop = rundir.stop_signal() if step < cfg.max_steps else None
-        if stop or step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0):
-            saved = checkpoint.save(run_dir, step, lora, opt_state, tokenizer,
-                                    {k: state[k] for k in ("epoch", "cursor")}, config_yaml, cfg.keep_last,
-                                    adapter_cfg)
-            if stop:
-                raise rundir.stopped(stop, step, saved)
-    progress.close()
-    logger.close()
+        extra = variant_metrics(None, cfg.algo.drop_zero_std, 0, float((~zero_std).sum()))
+        book.after_step(step, StepOutcome(records, float(zero_std.sum()), float(len(zero_std)), stats, lrs[-1],
+                                          times, extra))
+    book.close()
     return run_dir
 
 
@@ -322,9 +313,9 @@ def probe(sample: Any, task: Any, n_dev: int) -> dict[str, Any]:
     return probe_record(task, ex, sample(_padded([ex.prompt], n_dev), jax.random.key(0), 0.0).texts[0])
 
 
-def held_out_eval(sample: Any, task: Any, limit: int, n_dev: int, logger: Any, step: int) -> dict[str, float]:
+def held_out_eval(sample: Any, task: Any, limit: int, n_dev: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy pass@1 (strict and lenient) and the other `aha.eval.summarize` metrics on the first
-    `limit` test examples, as `eval/*`; the completions go to eval_completions.jsonl (as torch)."""
+    `limit` test examples: (the `eval/*` metrics, the completions for eval_completions.jsonl), as torch."""
     from aha.eval import summarize
 
     examples = list(task.examples("test")[:limit])
@@ -332,5 +323,4 @@ def held_out_eval(sample: Any, task: Any, limit: int, n_dev: int, logger: Any, s
     n = len(examples)
     metrics, rows = summarize(task, examples, ro.texts[:n], ro.completion_mask.sum(axis=1)[:n].tolist(),
                               ro.truncated[:n].tolist())
-    logger.log_eval_completions(step, rows)
-    return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, rows
