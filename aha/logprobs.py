@@ -22,16 +22,13 @@ rollout/trainer mismatch compares like with like. `entropy_grad=True` keeps the 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from aha.model import unwrap
-
-if TYPE_CHECKING:
-    from aha.update import MicroBatch
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -40,6 +37,20 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 Support = tuple[int, float]  # (top_k, top_p) of the sampler: 0 / 1.0 = no truncation
+
+
+@dataclass
+class MicroBatch:
+    """Rows of a rollout that one forward/backward holds. A prompt shared by several rows (the G
+    completions of a group) appears once: the update runs it once for all of them."""
+
+    prompt_ids: torch.Tensor  # (U, P) the distinct prompts, left-padded, trimmed to the longest
+    prompt_mask: torch.Tensor  # (U, P)
+    prompt_index: torch.Tensor  # (b,) row -> its prompt's index in prompt_ids
+    completion_ids: torch.Tensor  # (b, C) right-padded, trimmed to the longest
+    completion_mask: torch.Tensor  # (b, C) 1 on completion tokens (EOS included)
+    advantages: torch.Tensor  # (b,) each row's group-relative advantage
+    rollout_logprobs: torch.Tensor | None = None  # (b, C) the rollout engine's log-probs of these tokens
 
 
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
