@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from aha.model import unwrap
+from aha.sampling import apply_temperature, truncate_logits
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,7 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.T
     logits = F.linear(hidden, weight, bias).float()  # (B, c, V)
     if softcap:  # Gemma 2 squashes final logits with tanh
         logits = torch.tanh(logits / softcap) * softcap
-    logits = logits / temperature
+    logits = apply_temperature(logits, temperature)  # the samplers' rule (aha/sampling.py)
     logz = torch.logsumexp(logits, dim=-1)  # (B, c)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     with nullcontext() if entropy_grad else torch.no_grad():  # a metric only, unless there is a bonus
@@ -74,12 +75,10 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.T
 
 def _support_logp(logits: torch.Tensor, logp: torch.Tensor, logz: torch.Tensor, support: Support) -> torch.Tensor:
     """log p - log(mass the sampler keeps): the log-prob under the distribution a top-k / top-p sampler
-    draws from (the same rule as the native engine's, rollout/native.py `truncate_logits`). (B, c)."""
+    draws from (the rollout engines' rule, aha/sampling.py `truncate_logits`). (B, c)."""
     top_k, top_p = support
     if not (0 < top_k < logits.shape[-1] or top_p < 1.0):
         return logp
-    from aha.rollout.native import truncate_logits
-
     with torch.no_grad():
         return logp - (torch.logsumexp(truncate_logits(logits, top_k, top_p), dim=-1) - logz)
 
