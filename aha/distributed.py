@@ -128,7 +128,7 @@ class LogprobNet(nn.Module):
         super().__init__()
         self.model, self.fn = model, fn
 
-    def forward(self, mb: Any, temperature: float, chunk: int, **options: Any):  # mb: update.MicroBatch
+    def forward(self, mb: Any, temperature: float, chunk: int, **options: Any):  # mb: logprobs.MicroBatch
         return self.fn(self.model, mb, temperature, chunk, **options)
 
 

@@ -22,16 +22,14 @@ rollout/trainer mismatch compares like with like. `entropy_grad=True` keeps the 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from aha.model import unwrap
-
-if TYPE_CHECKING:
-    from aha.update import MicroBatch
+from aha.sampling import apply_temperature, truncate_logits
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -42,6 +40,20 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 Support = tuple[int, float]  # (top_k, top_p) of the sampler: 0 / 1.0 = no truncation
 
 
+@dataclass
+class MicroBatch:
+    """Rows of a rollout that one forward/backward holds. A prompt shared by several rows (the G
+    completions of a group) appears once: the update runs it once for all of them."""
+
+    prompt_ids: torch.Tensor  # (U, P) the distinct prompts, left-padded, trimmed to the longest
+    prompt_mask: torch.Tensor  # (U, P)
+    prompt_index: torch.Tensor  # (b,) row -> its prompt's index in prompt_ids
+    completion_ids: torch.Tensor  # (b, C) right-padded, trimmed to the longest
+    completion_mask: torch.Tensor  # (b, C) 1 on completion tokens (EOS included)
+    advantages: torch.Tensor  # (b,) each row's group-relative advantage
+    rollout_logprobs: torch.Tensor | None = None  # (b, C) the rollout engine's log-probs of these tokens
+
+
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     temperature: float, softcap: float | None, support: Support | None = None,
                     entropy_grad: bool = False) -> tuple[torch.Tensor, ...]:
@@ -50,7 +62,7 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.T
     logits = F.linear(hidden, weight, bias).float()  # (B, c, V)
     if softcap:  # Gemma 2 squashes final logits with tanh
         logits = torch.tanh(logits / softcap) * softcap
-    logits = logits / temperature
+    logits = apply_temperature(logits, temperature)  # the samplers' rule (aha/sampling.py)
     logz = torch.logsumexp(logits, dim=-1)  # (B, c)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     with nullcontext() if entropy_grad else torch.no_grad():  # a metric only, unless there is a bonus
@@ -63,12 +75,10 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.T
 
 def _support_logp(logits: torch.Tensor, logp: torch.Tensor, logz: torch.Tensor, support: Support) -> torch.Tensor:
     """log p - log(mass the sampler keeps): the log-prob under the distribution a top-k / top-p sampler
-    draws from (the same rule as the native engine's, rollout/native.py `truncate_logits`). (B, c)."""
+    draws from (the rollout engines' rule, aha/sampling.py `truncate_logits`). (B, c)."""
     top_k, top_p = support
     if not (0 < top_k < logits.shape[-1] or top_p < 1.0):
         return logp
-    from aha.rollout.native import truncate_logits
-
     with torch.no_grad():
         return logp - (torch.logsumexp(truncate_logits(logits, top_k, top_p), dim=-1) - logz)
 

@@ -68,17 +68,12 @@ class Settings:
 # ---------------------------------------------------------------------------- decoding
 
 def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
-    """Next token from the last position's logits (V,): greedy at temperature 0, else nucleus."""
-    import torch
+    """Next token from the last position's logits (V,) by the rollout engines' rule (aha/sampling.py):
+    greedy at temperature 0, else softmax(logits / T) over the top-p nucleus, one uniform from `generator`."""
+    from aha.sampling import SamplingParams, sample
 
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = sorted_p.cumsum(0) - sorted_p < top_p  # the smallest set whose mass reaches top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    params = SamplingParams(temperature=temperature, top_p=top_p)
+    return int(sample(logits.float()[None], params, generator)[0])
 
 
 class _Streamer:

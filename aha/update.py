@@ -9,7 +9,6 @@ update also measures how far the engine samples from the trainer (`Mismatch`) an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,23 +16,9 @@ import torch
 from aha import distributed, guards
 from aha.algo import loss_weights, mismatch_stats, policy_loss, rollout_is_weight
 from aha.config import Config
-from aha.logprobs import batch_logprobs
+from aha.logprobs import MicroBatch, batch_logprobs
 from aha.records import MISMATCH_KEYS, UpdateStats
 from aha.rollout import Rollout
-
-
-@dataclass
-class MicroBatch:
-    """Rows of a rollout that one forward/backward holds. A prompt shared by several rows (the G
-    completions of a group) appears once: the update runs it once for all of them."""
-
-    prompt_ids: torch.Tensor  # (U, P) the distinct prompts, left-padded, trimmed to the longest
-    prompt_mask: torch.Tensor  # (U, P)
-    prompt_index: torch.Tensor  # (b,) row -> its prompt's index in prompt_ids
-    completion_ids: torch.Tensor  # (b, C) right-padded, trimmed to the longest
-    completion_mask: torch.Tensor  # (b, C) 1 on completion tokens (EOS included)
-    advantages: torch.Tensor  # (b,) each row's group-relative advantage
-    rollout_logprobs: torch.Tensor | None = None  # (b, C) the rollout engine's log-probs of these tokens
 
 
 class Mismatch:

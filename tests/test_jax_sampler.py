@@ -7,7 +7,7 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-from aha.jax.sampler import bucket_prompts, generate, sample_logits  # noqa: E402
+from aha.jax.sampler import bucket_prompts, generate, sample_logits, truncate_logits  # noqa: E402
 from aha.jax.weights import load_model  # noqa: E402
 from aha.model import load_policy  # noqa: E402
 from aha.rollout import SamplingParams  # noqa: E402
@@ -67,6 +67,22 @@ def test_top_k_and_top_p_restrict_the_support():
     assert np.asarray(sample_logits(keys, logits, 0.0, 1.0, 0)).tolist() == [0] * 4000  # greedy
     hot = np.asarray(sample_logits(keys, logits, 100.0, 1.0, 0))  # a high temperature flattens
     np.testing.assert_allclose(np.bincount(hot, minlength=4) / 4000, 0.25, atol=0.03)
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.9), (0, 0.3), (5, 1.0), (40, 0.8), (3, 0.95), (60, 0.5)])
+def test_truncation_keeps_the_tokens_the_torch_rule_keeps(top_k, top_p):
+    """On the same logits the jnp truncation keeps exactly the tokens aha/sampling.py's `truncate_logits`
+    (the torch engines' and the trainer's rule) keeps, ties on a boundary included."""
+    import torch
+
+    from aha.sampling import truncate_logits as torch_truncate
+
+    logits = (np.random.default_rng(0).standard_normal((64, 100)) * 2).astype(np.float32)
+    logits[32:] = np.round(logits[32:] * 2) / 2  # coarse values: many ties, some across the top-k / top-p edge
+    ours = np.asarray(truncate_logits(jnp.asarray(logits), top_k, top_p)) > np.finfo(np.float32).min
+    theirs = torch.isfinite(torch_truncate(torch.from_numpy(logits), top_k, top_p)).numpy()
+    assert (ours == theirs).all()
+    assert ours.sum(axis=1).min() >= 1 and not ours.all()
 
 
 def test_prompt_buckets_left_pad():

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from aha.logprobs import (batch_logprobs, completion_logprobs, naive_completion_logprobs, position_ids,
+from aha.logprobs import (MicroBatch, batch_logprobs, completion_logprobs, naive_completion_logprobs, position_ids,
                           shared_prompt_logprobs)
 from aha.model import load_policy
-from aha.update import MicroBatch
 
 
 def _batch(vocab: int, seed: int = 0):

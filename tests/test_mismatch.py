@@ -12,7 +12,7 @@ import torch
 from aha.logprobs import batch_logprobs
 from aha.model import load_base, load_policy
 from aha.rollout import Rollout, SamplingParams, concat_rollouts, generate
-from aha.rollout.native import truncate_logits
+from aha.sampling import truncate_logits
 from aha.update import micro_batches
 
 
@@ -69,6 +69,16 @@ def test_truncate_logits_hand_computed():
     assert truncate_logits(logits, 0, 0.9).tolist() == [[2.0, 1.0, 0.0, inf]]
     assert truncate_logits(logits, 3, 0.5).tolist() == [[2.0, inf, inf, inf]]
     assert torch.equal(truncate_logits(logits, 0, 1.0), logits)
+
+
+def test_truncate_logits_keeps_a_tie_on_the_boundary_whole():
+    """Top-k keeps every token tied with the k-th; top-p every token tied with the least likely one of the
+    nucleus (HF's warpers would keep whichever of the tied tokens `torch.sort` happened to put first)."""
+    inf = float("-inf")
+    logits = torch.tensor([[0.0, 2.0, 1.0, 1.0, -1.0]])  # softmax ~ .071 .521 .191 .191 .026
+    assert truncate_logits(logits, 2, 1.0).tolist() == [[inf, 2.0, 1.0, 1.0, inf]]
+    assert truncate_logits(logits, 0, 0.7).tolist() == [[inf, 2.0, 1.0, 1.0, inf]]  # .521 < .7 <= .712: one 1.0 is in
+    assert truncate_logits(logits, 0, 0.5).tolist() == [[inf, 2.0, inf, inf, inf]]
 
 
 def test_concat_rollouts_repads_and_keeps_logprobs():

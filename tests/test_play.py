@@ -138,6 +138,20 @@ def test_greedy_decode_loop_matches_rollout_generate():
     assert ours == ro.texts[0]
 
 
+def test_sampling_follows_the_engines_rule():
+    """`aha play` samples by aha/sampling.py's rule (the engines' and the trainer's): the shared sampler's
+    tokens at the same seed, inside its top-p nucleus; greedy at temperature 0."""
+    from aha.play import _sample
+    from aha.sampling import sample, truncate_logits
+
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(0))
+    mine, shared = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    drawn = [_sample(logits, 0.8, 0.9, mine) for _ in range(50)]
+    assert drawn == [int(sample(logits[None], SamplingParams(temperature=0.8, top_p=0.9), shared)) for _ in range(50)]
+    assert torch.isfinite(truncate_logits(logits / 0.8, 0, 0.9))[drawn].all() and len(set(drawn)) > 1
+    assert _sample(logits, 0.0, 1.0, mine) == int(logits.argmax())
+
+
 def test_make_prompt_uses_the_task_template():
     from aha.tasks import get_task
 

@@ -64,6 +64,27 @@ def test_generate_restores_training_mode():
     assert pol.model.training
 
 
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.3, 20)])
+def test_hf_engine_samples_the_tokens_of_transformers_own_warpers(temperature, top_k):
+    """The HF engine applies aha/sampling.py's rule as one logits processor in place of transformers'
+    temperature / top-k warpers: same kept logits, same RNG use, so the same tokens at a seed."""
+    from aha.rollout import eos_token_ids
+    from aha.rollout.hf import neutral_generation_config
+
+    pol = load_policy("random:tiny-qwen2", device="cpu")
+    model, tok = pol.model.eval(), pol.tokenizer
+    prompts = ["hello there", "a b c d e f", "x"] * 2
+    ids, mask = encode_prompts(tok, prompts)
+    eos = eos_token_ids(tok, model)
+    torch.manual_seed(7)
+    ours = generate(model, tok, prompts, SamplingParams(max_new_tokens=12, temperature=temperature, top_k=top_k))
+    torch.manual_seed(7)
+    with torch.no_grad(), neutral_generation_config(model, eos, tok.pad_token_id):
+        raw = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=True,
+                             temperature=temperature, top_k=top_k, top_p=1.0)[:, ids.shape[1]:]
+    assert torch.equal(ours.completion_ids, raw)
+
+
 # ---------------------------------------------------------------------------- the model's generation_config
 
 def _non_neutral(gen_cfg, tok, search: bool = True) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aha import sampling
 from aha.errors import ModelError
 from aha.model import load_base
 from aha.rollout import SamplingParams, decoder, encode_prompts, generate, hf, native
@@ -213,7 +214,7 @@ def test_sampler_matches_softmax(vocab, temperature, top_k, top_p):
     torch.manual_seed(0)
     n = 100_000
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    samples = native.sample(logits.expand(n, -1), params)
+    samples = sampling.sample(logits.expand(n, -1), params)
     counts = torch.bincount(samples, minlength=vocab).double()
     probs = torch.softmax(logits.double() / temperature, -1)
     order = probs.argsort(descending=True)

@@ -4,10 +4,10 @@
   in one forward, then each decode step is a one-token forward writing slot P + t.
 - The decode loop is a `lax.while_loop` inside the jitted function: no Python per token, and it
   stops as soon as every row has emitted an EOS (rows that finished early emit `pad_id`).
-- Sampling (`sample_logits`): temperature, then top-k, then top-p (HF's order and semantics: keep
-  the smallest set of likeliest tokens whose probability reaches top_p), then a categorical draw
-  from an explicit PRNG key. temperature = 0 is greedy; greedy output equals the torch engines'
-  token for token (tests/test_jax_sampler.py).
+- Sampling (`sample_logits`): temperature, then top-k, then top-p (`truncate_logits`: the rule of the
+  torch engines, aha/sampling.py, in jnp), then a categorical draw from an explicit PRNG key.
+  temperature = 0 is greedy; greedy output equals the torch engines' token for token
+  (tests/test_jax_sampler.py).
 - Shapes are static per (batch, prompt width, max_new_tokens, sampling settings): the trainer pads
   prompt width up to a multiple of `PROMPT_BUCKET`, so a run compiles a handful of programs.
 
@@ -42,12 +42,14 @@ class JaxRollout:
     truncated: np.ndarray  # (B,) bool
 
 
-def sample_logits(key: jax.Array, logits: jax.Array, temperature: float, top_p: float, top_k: int) -> jax.Array:
-    """Next tokens (B,) from float32 logits (B, V). The settings are Python values (static under jit)."""
-    if temperature == 0:
-        return jnp.argmax(logits, axis=-1)
-    logits = logits / temperature
-    neg_inf = jnp.finfo(logits.dtype).min
+def truncate_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Logits (B, V) with the tokens a top-k, then top-p sampler drops set to the dtype's lowest value: the
+    jnp twin of aha/sampling.py `truncate_logits` (the torch engines' and the trainer's rule; the two keep
+    the same tokens, tests/test_jax_sampler.py). Top-k keeps every token at least as likely as the k-th
+    (ties kept); top-p keeps, on what top-k kept, the tokens whose logit reaches the least likely one of
+    the nucleus (the likeliest tokens while the mass before each is < top_p: HF's smallest set whose mass
+    reaches top_p), so a tie at the boundary keeps all its tokens. top_p in (0, 1]."""
+    neg_inf = jnp.finfo(logits.dtype).min  # not -inf: what top-k drops stays finite in top-p's softmax
     if 0 < top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # (B, 1)
         logits = jnp.where(logits < kth, neg_inf, logits)
@@ -58,6 +60,15 @@ def sample_logits(key: jax.Array, logits: jax.Array, temperature: float, top_p: 
         kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
         threshold = kept.min(axis=-1, keepdims=True)  # the least likely token still kept
         logits = jnp.where(logits < threshold, neg_inf, logits)
+    return logits
+
+
+def sample_logits(key: jax.Array, logits: jax.Array, temperature: float, top_p: float, top_k: int) -> jax.Array:
+    """Next tokens (B,) from float32 logits (B, V): temperature, `truncate_logits`, then a categorical
+    draw from `key` (greedy at temperature 0). The settings are Python values (static under jit)."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1)
+    logits = truncate_logits(logits / temperature, top_k, top_p)
     return jax.random.categorical(key, logits, axis=-1)
 
 

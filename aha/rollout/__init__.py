@@ -16,20 +16,11 @@ import torch
 
 from aha.errors import ConfigError
 from aha.rollout.stops import stop_at_strings
+from aha.sampling import SamplingParams  # the rule's knobs live with the rule; re-exported: the public name
 from aha.tasks.base import Messages
 
 if TYPE_CHECKING:
     from aha.rollout.engine import Engine
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 256
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks)
-    stop: tuple[str, ...] = ()  # a completion ends at the token completing one (Task.stop_strings; stops.py)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from aha.engines import ENGINES
 from aha.errors import ConfigError
-from aha.rollout import SamplingParams
+from aha.sampling import SamplingParams
 
 
 @runtime_checkable

@@ -8,10 +8,11 @@ Any of them changes the rollouts while the update computes log-probs of plain te
 sampling. So the call runs against a neutral generation config that carries only what ends a
 sequence (EOS, from the tokenizer and the model's config: `rollout.eos_token_ids`) and the pad id.
 
-For the sampled tokens' log-probs, the temperature / top-k / top-p warpers are passed to `generate`
-as our own logits processors, followed by `_SampledLogprobs`, which sees the scores `generate`
-samples from (custom processors run *before* the warpers `generate` builds from its config, so the
-config's sampling values are left neutral and the warpers come from us, in HF's order)."""
+Temperature, top-k and top-p are applied by our own logits processor (`_Warp`: the rule of
+aha/sampling.py, which every torch engine and the trainer share), followed by `_SampledLogprobs`, which
+sees the scores `generate` samples from and records the sampled tokens' log-probs (custom processors
+run *before* the warpers `generate` builds from its config, so the config's sampling values are left
+neutral)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from contextlib import contextmanager
 import torch
 
 from aha.model import unwrap
-from aha.rollout import SamplingParams
 from aha.rollout.engine import ModelEngine
+from aha.sampling import SamplingParams, warp
 
 
 @contextmanager
@@ -64,18 +65,19 @@ class _SampledLogprobs:
         return out.nan_to_num(neginf=0.0)  # padding after EOS may sit outside the kept set
 
 
-def _warpers(params: SamplingParams) -> list:
-    """HF's own sampling warpers in `generate`'s order: temperature, top-k, top-p."""
-    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+class _Warp:
+    """A logits processor that applies the sampling rule (aha/sampling.py `warp`: temperature, top-k,
+    top-p) in place of HF's three warpers, so that this engine, the native one and the trainer's
+    log-probs share one top-k / top-p rule. The temperature division is `TemperatureLogitsWarper`'s, and
+    at temperature 1 without truncation it returns `scores` itself, as an empty warper list did: such
+    rollouts are bit-identical to HF's. It draws no random numbers (`generate` samples its one
+    `torch.multinomial` per step after all processors), so the RNG is consumed as before."""
 
-    out: list = []
-    if params.temperature != 1.0:
-        out.append(TemperatureLogitsWarper(params.temperature))
-    if params.top_k > 0:
-        out.append(TopKLogitsWarper(top_k=params.top_k))
-    if params.top_p < 1.0:
-        out.append(TopPLogitsWarper(top_p=params.top_p))
-    return out
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return warp(scores, self.params)
 
 
 def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -85,15 +87,13 @@ def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
     from transformers import GenerationConfig, LogitsProcessorList
 
     greedy = params.temperature == 0
-    # Sampling values are explicit, never None: None lets transformers fall back to its own
-    # defaults (top_k=50). For greedy decoding they are left out (transformers warns otherwise).
-    sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
+    # Sampling values are explicit, never None: None lets transformers fall back to its own defaults
+    # (top_k=50); neutral, as _Warp applies ours. For greedy decoding they are left out (transformers
+    # warns otherwise).
+    sampling = {} if greedy else {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
     eos = None if params.ignore_eos else list(eos_ids)
-    processors, recorder = LogitsProcessorList(), _SampledLogprobs()
-    if not greedy:
-        processors.extend(_warpers(params))
-        sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}  # neutral: the warpers above do it
-    processors.append(recorder)
+    recorder = _SampledLogprobs()
+    processors = LogitsProcessorList([recorder] if greedy else [_Warp(params), recorder])
     cfg = GenerationConfig(
         max_new_tokens=params.max_new_tokens,
         min_new_tokens=params.max_new_tokens if params.ignore_eos else 0,

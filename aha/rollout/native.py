@@ -9,9 +9,9 @@ Where it departs from HF `generate`, and why each saves time:
 - A pre-allocated KV cache (`kvcache.StaticKVCache`) instead of `DynamicCache`'s `torch.cat` per token.
 - Finished rows leave the batch (with their cache rows), so they cost nothing.
 - No logits processors, stopping criteria or per-step mask building: masks are slices of one (B, S)
-  padding mask; sampling is a few tensor ops on the last-position logits (temperature, top-k, top-p,
-  then one uniform per row from the global RNG through the CDF, so a restored RNG state replays a
-  rollout exactly; `torch.multinomial` would draw one random number per vocabulary entry).
+  padding mask; sampling is a few tensor ops on the last-position logits (aha/sampling.py: temperature,
+  top-k, top-p, then one uniform per row from the global RNG through the CDF, so a restored RNG state
+  replays a rollout exactly; `torch.multinomial` would draw one random number per vocabulary entry).
 - On CPU the forward runs on a fused, LoRA-merged, oneDNN-packed copy of the weights (decoder.py).
 - On CUDA the decode step (model + sampling) runs at fixed shapes (batch fixed, whole cache under a
   mask, cache length rounded up) through `torch.compile(mode="reduce-overhead")`, i.e. CUDA graphs;
@@ -22,16 +22,15 @@ Token for token, greedy decoding equals `generate`'s (tests/test_rollout_native.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
 import torch
 
-from aha.rollout import SamplingParams
 from aha.rollout.decoder import Decoder, decoder_for
 from aha.rollout.engine import ModelEngine
 from aha.rollout.kvcache import StaticKVCache, decode_mask, prefill_mask, static_decode_mask
+from aha.sampling import SamplingParams, sample_with_logprobs
 
 # A bucket of unique prompts prefilled together pads every row to its longest. On CPU a padded token
 # costs as much as a real one, so a bucket may waste at most this fraction of its tokens; on a GPU a
@@ -40,69 +39,6 @@ PREFILL_WASTE = {"cpu": 0.1}
 PREFILL_MAX_TOKENS = 16384  # per bucket: bounds the (U, 1, W, W) mask and the activations
 COMPACT_FRACTION = 0.125  # drop finished rows once this fraction of the batch is done (a drop copies the cache)
 STATIC_SLOTS = 256  # compiled path: cache length rounded up to a multiple of this, so shapes repeat
-
-
-def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Logits (..., V) with -inf outside the tokens a top-k, then top-p sampler keeps (HF's semantics:
-    the top_k likeliest, then the smallest set whose renormalised probability reaches top_p). The trainer
-    uses the same rule to put its log-probs on the sampler's support (logprobs.py)."""
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # (..., V): mass of the strictly likelier tokens
-        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    return logits
-
-
-def sample(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Next tokens (B,) from last-position float32 logits (B, V): softmax(logits / T) restricted to
-    the top_k tokens and to the smallest set whose probability reaches top_p (HF's semantics)."""
-    return sample_with_logprobs(logits, params)[0]
-
-
-def sample_with_logprobs(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """(next tokens (B,), their log-probs (B,) under the distribution they were drawn from: after the
-    temperature and the top-k / top-p renormalisation; greedy: under softmax(logits))."""
-    if params.temperature == 0:
-        tokens = logits.argmax(dim=-1)
-        return tokens, logits.log_softmax(dim=-1).gather(1, tokens[:, None]).squeeze(1)
-    if params.temperature != 1.0:
-        logits = logits / params.temperature
-    probs = truncate_logits(logits, params.top_k, params.top_p).softmax(dim=-1)
-    tokens = sample_categorical(probs)
-    return tokens, probs.gather(1, tokens[:, None]).squeeze(1).log()
-
-
-def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
-    """One draw per row of probs (B, V) by inverting the CDF with one uniform per row from the global
-    RNG. `torch.multinomial` draws one exponential per *entry* (B x V random numbers): ~15 ms per step
-    on a CPU for 16 rows of a 49k vocabulary, a quarter of a SmolLM2 decode step. The CDF is taken in
-    two levels (blocks of up to 256 tokens, then the chosen block) in float64, reading probs once."""
-    batch, vocab = probs.shape
-    block = math.gcd(vocab, 256)
-    if block < 16:  # a vocabulary that blocks do not divide: one level
-        block = vocab
-    blocks = probs.view(batch, vocab // block, block)  # (B, nb, b)
-    mass = blocks.sum(dim=-1).double()  # (B, nb); float32 sums of <= 256 terms: ~1e-7 relative error
-    j, u = _invert_cdf(mass, torch.rand((batch, 1), dtype=torch.float64, device=probs.device))
-    inner = blocks.gather(1, j[:, :, None].expand(batch, 1, block)).squeeze(1).double()  # (B, b)
-    k, _ = _invert_cdf(inner, u)
-    return (j * block + k).squeeze(-1)
-
-
-def _invert_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """weights (B, n) >= 0, u (B, 1) in [0, 1) -> (index (B, 1) of the entry where the fraction u of the
-    total mass falls, the fraction of that entry's own mass below u: the uniform for a next level)."""
-    cdf = weights.cumsum(dim=-1)
-    total = cdf[:, -1:]
-    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # < total: mass > 0
-    i = torch.searchsorted(cdf, x, right=True)  # first entry whose CDF exceeds x
-    below = cdf.gather(1, i) - weights.gather(1, i)
-    return i, ((x - below) / weights.gather(1, i)).clamp(0, 1)
 
 
 def generate_ids(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

@@ -49,8 +49,8 @@ import torch
 
 from aha.errors import ModelError
 from aha.model import unwrap
-from aha.rollout import SamplingParams
 from aha.rollout.decoder import weights_version
+from aha.sampling import SamplingParams
 
 log = logging.getLogger("aha")
 

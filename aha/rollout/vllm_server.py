@@ -39,8 +39,8 @@ from urllib.parse import urlparse
 import torch
 
 from aha.errors import ConfigError, ModelError
-from aha.rollout import SamplingParams
 from aha.rollout.decoder import weights_version
+from aha.sampling import SamplingParams
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
 HINT = ("start it with `python -m aha.rollout.vllm_server MODEL --lora-rank R` (the same MODEL as the trainer's; "
