@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from aha.errors import ConfigError, did_you_mean
+from aha.validation import validate
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -202,8 +203,6 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         set_key(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    from aha.validation import validate  # it reads these dataclasses
-
     validate(cfg)
     absolute_task_file(cfg)
     return cfg

@@ -36,7 +36,7 @@ def preflight(cfg: Any) -> None:
         raise ConfigError("tensorboard=true needs the tensorboard package: pip install tensorboard, "
                           "or set tensorboard=false")
     if cfg.backend != "torch":
-        return  # the jax backend checks its own devices (config.validate_jax, aha/jax/train.py)
+        return  # the jax backend checks its own devices (validation.validate_jax, aha/jax/train.py)
     import torch
 
     from aha.model import ARCHS, check_qlora_available, resolve_device, smollm2_gguf_path
