@@ -16,7 +16,7 @@ rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores wit
   vote over final answers.
 - maj@k: the answer of a completion is the task's `Task.final_answer` (by default the text of its
   last `<answer>...</answer>` block: a number read by the tasks' number rules
-  (`aha.tasks._common.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else
+  (`aha.tasks.answers.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else
   the text with whitespace removed). The most common answer
   wins (ties: the one seen first); the problem counts as solved when the first completion giving
   that answer is correct by `task.is_correct`. Completions without an answer do not vote.

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from aha.tasks.answers import last_answer, parse_number
+
 Messages = list[dict[str, str]]
 
 
@@ -101,10 +103,8 @@ class Task:
         """The completion's final answer, normalised so that answers written alike compare equal
         (majority voting in `aha eval`, `aha play --jsonl`); None without one. Default: the last
         complete `<answer>...</answer>` block, as a number by the tasks' number rules
-        (`_common.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else with
+        (`answers.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else with
         whitespace removed."""
-        from aha.tasks._common import last_answer, parse_number
-
         answer = last_answer(completion)
         if answer is None:
             return None
