@@ -7,7 +7,7 @@ rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores wit
 - `accuracy_lenient`: right by `Task.is_correct_lenient` or by `is_correct`, so never below
   `accuracy`. Reasoning steps (`Task.reasoning_steps`, where the task defines them): `steps_share`,
   `steps_mean`, and the strict accuracy of completions with and without steps
-  (`aha.log.reasoning_metrics`).
+  (`aha.metrics.reasoning_metrics`).
 
 - temperature 0 (the default): one greedy completion per problem; `accuracy` is pass@1.
 - `samples=K` with temperature > 0: K completions per problem. `accuracy` is the mean
@@ -67,7 +67,7 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
               truncated: Sequence[bool], samples: int = 1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-completion rows from `samples` completions per example (adjacent in `texts`)."""
     n, K = len(examples), samples
-    from aha.log import reasoning_metrics, reflection_rate
+    from aha.metrics import reasoning_metrics, reflection_rate
     from aha.records import reasoning_steps
 
     correct = [bool(task.is_correct(t, examples[i // K])) for i, t in enumerate(texts)]

@@ -130,7 +130,7 @@ def _num(v: Any) -> bool:
 def correct_vs_incorrect(completions: Sequence[dict[str, Any]], eval_rows: Sequence[dict[str, Any]]) -> list[str]:
     """Length (tokens), reflection-phrase rate and (where the task counts them) the share with
     intermediate steps, of correct vs incorrect completions."""
-    from aha.log import has_reflection
+    from aha.metrics import has_reflection
 
     train = [r for r in completions if not r.get("probe") and isinstance(r.get("correct"), bool)
              and isinstance(r.get("completion"), str)]

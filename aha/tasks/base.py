@@ -69,7 +69,7 @@ class Task:
     def reasoning_steps(self, completion: str, ex: Example) -> int | None:
         """How many intermediate results the completion writes before its final answer (for
         arithmetic: statements `a op b = c` whose c is not the answer), or None where the task does
-        not define steps (the default). The `steps_*` metrics (`aha.log.reasoning_metrics`) come from
+        not define steps (the default). The `steps_*` metrics (`aha.metrics.reasoning_metrics`) come from
         it; it must be pure, never raise, and take linear time whatever the text."""
         return None
 
