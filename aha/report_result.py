@@ -1,5 +1,5 @@
 """The report's lead: held-out accuracy of the untrained vs the trained policy under the strict
-and the lenient grader (DESIGN "What counts as learning"), the share of completions that reason in
+and the lenient grader (docs/design.md, "What counts as learning"), the share of completions that reason in
 intermediate steps and their length, a verdict on what changed beyond chance, and how correct and
 incorrect completions differ (length, steps, reflection phrases). Markdown lines for `aha report`'s
 report.md.

@@ -159,7 +159,7 @@ def lenient_correct(completion: str, ex: Example) -> bool:
     (the block strict grading reads; a number by the same rule, or else the last number inside
     it), else the last number the completion writes. Text after `</answer>` is never read, so a
     strict-correct completion is always lenient-correct. Not a reward: it tells format learning
-    apart from answer learning (DESIGN "What counts as learning").
+    apart from answer learning (docs/design.md, "What counts as learning").
     """
     got = final_number(completion, prefill_of(ex))
     gold = normalize_number(str(ex.target))
