@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from aha.errors import ConfigError, did_you_mean
+from aha.validation import validate
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -202,8 +203,6 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         set_key(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    from aha.validation import validate  # it reads these dataclasses
-
     validate(cfg)
     absolute_task_file(cfg)
     return cfg
@@ -306,11 +305,23 @@ def set_key(obj: Any, dotted: str, value: Any, full_name: str | None = None) -> 
             return None
         raise ConfigError(f"config key {name!r}: {head!r} has no sub-keys")
     hints = typing.get_type_hints(type(obj))
-    setattr(obj, head, _coerce(value, hints[head], name))
+    setattr(obj, head, coerce(value, hints[head], name))
     return None
 
 
-def _coerce(value: Any, tp: Any, name: str) -> Any:
+def coerce(value: Any, tp: Any, name: str) -> Any:
+    """`value` (from YAML or a command-line `key=value`) as type `tp`, by the config's rules; `name`
+    is the key the error message names.
+
+    Accepts: `X | None` (None, else the first member that takes the value), a config dataclass (from
+    a mapping, its keys checked as in a preset), `list[X]` (a list, or a comma-separated string:
+    `q_proj,v_proj`), `dict` (a mapping, copied), `Any` (as is), `bool` (true/false only, never 0/1),
+    `int` (an integer, not a bool), `float` (a number, or a string such as `1e-5` that YAML 1.1
+    leaves unparsed), `str` (a string or a number, not a bool); any other type passes the value as is.
+
+    Raises:
+        ConfigError: the value does not fit `tp`, naming the key, the value and what was expected.
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -320,7 +331,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, name)
+                return coerce(value, a, name)
             except ConfigError:
                 pass
         raise ConfigError(f"config key {name!r}: {value!r} is not a {tp}")
@@ -336,7 +347,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"config key {name!r}: expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, name) for v in value]
+        return [coerce(v, item_tp, name) for v in value]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {name!r}: expected a mapping, got {value!r}")

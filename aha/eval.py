@@ -7,7 +7,7 @@ rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores wit
 - `accuracy_lenient`: right by `Task.is_correct_lenient` or by `is_correct`, so never below
   `accuracy`. Reasoning steps (`Task.reasoning_steps`, where the task defines them): `steps_share`,
   `steps_mean`, and the strict accuracy of completions with and without steps
-  (`aha.log.reasoning_metrics`).
+  (`aha.metrics.reasoning_metrics`).
 
 - temperature 0 (the default): one greedy completion per problem; `accuracy` is pass@1.
 - `samples=K` with temperature > 0: K completions per problem. `accuracy` is the mean
@@ -16,7 +16,7 @@ rollout engine the trainer uses (`aha.rollout.generate`, batched) and scores wit
   vote over final answers.
 - maj@k: the answer of a completion is the task's `Task.final_answer` (by default the text of its
   last `<answer>...</answer>` block: a number read by the tasks' number rules
-  (`aha.tasks._common.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else
+  (`aha.tasks.answers.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else
   the text with whitespace removed). The most common answer
   wins (ties: the one seen first); the problem counts as solved when the first completion giving
   that answer is correct by `task.is_correct`. Completions without an answer do not vote.
@@ -67,7 +67,7 @@ def summarize(task: Any, examples: Sequence[Any], texts: Sequence[str], lengths:
               truncated: Sequence[bool], samples: int = 1) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-completion rows from `samples` completions per example (adjacent in `texts`)."""
     n, K = len(examples), samples
-    from aha.log import reasoning_metrics, reflection_rate
+    from aha.metrics import reasoning_metrics, reflection_rate
     from aha.records import reasoning_steps
 
     correct = [bool(task.is_correct(t, examples[i // K])) for i, t in enumerate(texts)]

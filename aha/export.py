@@ -96,7 +96,11 @@ def export(source: str | Path, out: str | Path, adapter_only: bool = False, dtyp
             notes = write_adapter(src, tmp, model)
         else:
             notes = write_merged(src, tmp, dtype, model)
-        (tmp / "README.md").write_text(model_card(src, out.name, adapter_only, notes, location=str(out)))
+        base = src.base or "unknown"
+        card = model_card(out.name, base=base, base_for_peft=loadable_base(base),
+                          finetune=src.finetune, config=src.config, step=src.step, run_dir=src.run_dir,
+                          adapter_only=adapter_only, notes=notes, location=str(out))
+        (tmp / "README.md").write_text(card)
         _readable(tmp)
         replace_dir(tmp, out)  # with --overwrite, the old export goes only once the new one is in place
         done = True

@@ -1,16 +1,13 @@
 """Run logs: `metrics.jsonl` (one line per step), `completions.jsonl`, the trackers (TensorBoard,
-W&B, Trackio: aha/trackers.py), the progress bar, and the "aha" metric - how often completions
-reflect on their own work. Both backends' loops open and write their run through `open_run` and `log_step`.
-
-The reflection phrases live in one list, here, and the reasoning-steps figures are computed here
-(`reasoning_metrics`); the step records, eval and report import them from here.
+W&B, Trackio: aha/trackers.py) and the progress bar. Both backends' loops open and write their run
+through `open_run` and `log_step`. The metrics themselves are computed elsewhere (aha/metrics.py,
+aha/records.py); this file writes them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -20,46 +17,6 @@ if TYPE_CHECKING:
     from aha.records import CompletionRecord
 
 from aha import fsio
-
-# Self-reflection / self-verification markers, the behaviour R1-Zero's "aha moment" describes.
-# Matched case-insensitively on word boundaries ("wait" but not "waiter").
-REFLECTION_PHRASES: list[str] = [
-    "wait", "let me check", "let me verify", "let me re-check", "let me recheck", "re-check", "recheck",
-    "verify", "double-check", "double check", "mistake", "let me reconsider", "reconsider",
-    "on second thought", "actually,", "hmm", "that's not right", "that is not right", "let me try again",
-    "i made an error", "let me re-evaluate", "re-evaluate",
-]
-_REFLECTION_RE = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in REFLECTION_PHRASES) + r")(?!\w)",
-                            re.IGNORECASE)
-
-
-def has_reflection(text: str) -> bool:
-    return _REFLECTION_RE.search(text) is not None
-
-
-def reflection_rate(texts: Sequence[str]) -> float:
-    return sum(has_reflection(t) for t in texts) / len(texts) if texts else 0.0
-
-
-def reasoning_metrics(steps: Sequence[int | None], correct: Sequence[bool]) -> dict[str, float]:
-    """Whether completions reason in steps, and whether that pays, from `Task.reasoning_steps` per
-    completion and its correctness (the same order). {} when the task defines no steps (all None).
-
-    steps_share: share of completions with at least one intermediate step; steps_mean: mean steps
-    per completion; accuracy_with_steps / accuracy_without_steps: accuracy among completions with
-    >= 1 step / with none (NaN when there is no such completion; metrics.jsonl writes it as null).
-    """
-    pairs = [(s, c) for s, c in zip(steps, correct) if s is not None]
-    if not pairs:
-        return {}
-    with_steps = [c for s, c in pairs if s > 0]
-    without = [c for s, c in pairs if s <= 0]
-    return {
-        "steps_share": len(with_steps) / len(pairs),
-        "steps_mean": sum(s for s, _ in pairs) / len(pairs),
-        "accuracy_with_steps": sum(with_steps) / len(with_steps) if with_steps else math.nan,
-        "accuracy_without_steps": sum(without) / len(without) if without else math.nan,
-    }
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

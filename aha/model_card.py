@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from aha.export import Source
+from typing import Any
 
 
-def model_card(src: Source, title: str, adapter_only: bool, notes: dict[str, str], location: str | None = None) -> str:
+def model_card(title: str, *, base: str, base_for_peft: str | None, finetune: str, config: dict[str, Any],
+               step: int | None, run_dir: Path | None, adapter_only: bool, notes: dict[str, str],
+               location: str | None = None) -> str:
     """README.md for the export: what it is, how it was trained, how well it did, how to load it (from
-    `location`, the --out path as given; default: `title`). The code runs as written."""
-    from aha.export import loadable_base  # aha.export imports this module
+    `location`, the --out path as given; default: `title`). The code runs as written.
 
-    cfg = src.config
-    base = src.base or "unknown"
+    Given values, not the export's own types: `base` as the run named it ("" when unknown),
+    `base_for_peft` how PEFT should load it (`export.loadable_base`; None: `base` as is), `finetune`
+    (lora | qlora | full), the run's `config` (config.yaml as a dict, {} for a bare adapter), the
+    checkpoint's `step` and the `run_dir` holding metrics.jsonl (None when unknown)."""
+    cfg = config
+    base = base or "unknown"
     hub_id = base if "/" in base and not Path(base).expanduser().exists() and ":" not in base else None
     front = ["---", f"library_name: {'peft' if adapter_only else 'transformers'}"]
     if hub_id:
@@ -29,13 +31,13 @@ def model_card(src: Source, title: str, adapter_only: bool, notes: dict[str, str
     lines += [f"{what} trained from a base model with GRPO (reinforcement learning against rule-checked "
               "rewards, no supervised traces) by `aha`, exported with `aha export`.", ""]
     lines.append(f"- **Base model**: `{base}`" + _base_note(base))
-    lines.append(f"- **Fine-tuning**: {_finetune_line(src, adapter_only, notes)}")
+    lines.append(f"- **Fine-tuning**: {_finetune_line(finetune, cfg, adapter_only, notes)}")
     if cfg.get("task"):
         options = cfg.get("task_options") or {}
         lines.append(f"- **Task**: `{cfg['task']}`" + (f" with options `{json.dumps(options)}`" if options else ""))
-    if src.step is not None:
-        lines.append(f"- **Training**: {_training_line(src)}")
-    lines.append(f"- **Held-out accuracy**: {_accuracy_line(src)}")
+    if step is not None:
+        lines.append(f"- **Training**: {_training_line(step, cfg)}")
+    lines.append(f"- **Held-out accuracy**: {_accuracy_line(run_dir, step)}")
     if notes.get("qlora"):
         lines.append(f"- **Note**: {notes['qlora']}.")
     lines += ["", "## Use", ""]
@@ -43,7 +45,7 @@ def model_card(src: Source, title: str, adapter_only: bool, notes: dict[str, str
     where = location or title
     if adapter_only:
         lines += ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, "
-                  "AutoTokenizer", "", f'base = AutoModelForCausalLM.from_pretrained("{loadable_base(base) or base}")',
+                  "AutoTokenizer", "", f'base = AutoModelForCausalLM.from_pretrained("{base_for_peft or base}")',
                   f'model = PeftModel.from_pretrained(base, {where!r})', f'tokenizer = AutoTokenizer.from_pretrained('
                   f'{where!r})', "```"]
     else:
@@ -72,38 +74,37 @@ def _base_note(base: str) -> str:
     return ""
 
 
-def _finetune_line(src: Source, adapter_only: bool, notes: dict[str, str]) -> str:
-    lora = src.config.get("lora") or {}
-    if src.finetune == "full":
+def _finetune_line(finetune: str, cfg: dict[str, Any], adapter_only: bool, notes: dict[str, str]) -> str:
+    lora = cfg.get("lora") or {}
+    if finetune == "full":
         return f"all weights ({notes.get('dtype', '')})"
     rank = f"LoRA r={lora.get('r', '?')}, alpha={lora.get('alpha', '?')}" if lora else "LoRA"
     if lora.get("last_layers"):
         rank += f", last {lora['last_layers']} layers"
-    kind = "QLoRA (4-bit base), " if src.finetune == "qlora" else ""
+    kind = "QLoRA (4-bit base), " if finetune == "qlora" else ""
     if adapter_only:
         return f"{kind}{rank}; this directory holds the adapter only"
     return f"{kind}{rank}, merged into the base weights ({notes.get('dtype', '')})"
 
 
-def _training_line(src: Source) -> str:
-    cfg = src.config
+def _training_line(step: int, cfg: dict[str, Any]) -> str:
     rollout = cfg.get("rollout") or {}
     algo = cfg.get("algo") or {}
-    parts = [f"{src.step} GRPO steps (of max_steps {cfg.get('max_steps', '?')})",
+    parts = [f"{step} GRPO steps (of max_steps {cfg.get('max_steps', '?')})",
              f"{cfg.get('prompts_per_step', '?')} prompts x G={rollout.get('num_generations', '?')} "
              "completions per step", f"lr {cfg.get('lr', '?')}", f"loss aggregation {algo.get('loss_agg', '?')}",
              f"KL beta {algo.get('beta', '?')}"]
     return ", ".join(parts)
 
 
-def _accuracy_line(src: Source) -> str:
+def _accuracy_line(run_dir: Path | None, step: int | None) -> str:
     """Strict and lenient greedy accuracy at the run's first and last eval up to the checkpoint."""
     from aha.log import read_jsonl
 
-    path = src.run_dir / "metrics.jsonl" if src.run_dir else None
+    path = run_dir / "metrics.jsonl" if run_dir else None
     rows = read_jsonl(path) if path and path.is_file() else []
     evals = [r for r in rows if r.get("eval/accuracy") is not None
-             and (src.step is None or r.get("step", 0) <= src.step)]
+             and (step is None or r.get("step", 0) <= step)]
     if not evals:
         return "not measured by the run (train with eval_every=N to measure it)"
     first, last = evals[0], evals[-1]

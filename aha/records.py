@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from aha.log import reasoning_metrics, reflection_rate
+from aha.metrics import reasoning_metrics, reflection_rate
 from aha.tasks import Example, Task, reward_means
 
 
@@ -102,7 +102,7 @@ def probe_record(task: Task, ex: Example, text: str) -> dict[str, Any]:
 
 def rollout_metrics(records: Sequence[CompletionRecord]) -> dict[str, float]:
     """Reward, accuracy, format and length figures of a step's completions (all ranks' records), the
-    reflection rate, and the reasoning-steps figures (`aha.log.reasoning_metrics`) where the task
+    reflection rate, and the reasoning-steps figures (`aha.metrics.reasoning_metrics`) where the task
     defines steps."""
     rewards = torch.tensor([r.reward for r in records])
     lengths = torch.tensor([float(r.length) for r in records])

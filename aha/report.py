@@ -228,7 +228,7 @@ def make_plots(rows: Sequence[dict[str, Any]], out: Path, window: int, aha: dict
         ax.plot(ev[0], ev[1], "o", color="C3", markersize=5, label="eval")
     ax.axhline(thresholds["reflection_rate"], color="C3", linestyle=":", linewidth=0.9)
     save(fig, ax, "reflection.png", "Reflection-phrase rate (\"wait\", \"let me check\", ...)",
-         "Share of completions with a reflection phrase (aha.log.REFLECTION_PHRASES)", "fraction")
+         "Share of completions with a reflection phrase (aha.metrics.REFLECTION_PHRASES)", "fraction")
 
     health = [k for k in ("frac_zero_std", "answer_collapse", "truncated_rate", "entropy", "kl", "grad_norm", "clip_frac",
                           "mismatch/kl", "mismatch/max_abs_logp_diff", "dynamic/extra_rounds") if series(rows, k)[0]]

@@ -1,5 +1,5 @@
 """The report's lead: held-out accuracy of the untrained vs the trained policy under the strict
-and the lenient grader (DESIGN "What counts as learning"), the share of completions that reason in
+and the lenient grader (docs/design.md, "What counts as learning"), the share of completions that reason in
 intermediate steps and their length, a verdict on what changed beyond chance, and how correct and
 incorrect completions differ (length, steps, reflection phrases). Markdown lines for `aha report`'s
 report.md.
@@ -130,7 +130,7 @@ def _num(v: Any) -> bool:
 def correct_vs_incorrect(completions: Sequence[dict[str, Any]], eval_rows: Sequence[dict[str, Any]]) -> list[str]:
     """Length (tokens), reflection-phrase rate and (where the task counts them) the share with
     intermediate steps, of correct vs incorrect completions."""
-    from aha.log import has_reflection
+    from aha.metrics import has_reflection
 
     train = [r for r in completions if not r.get("probe") and isinstance(r.get("correct"), bool)
              and isinstance(r.get("completion"), str)]

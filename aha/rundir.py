@@ -10,7 +10,7 @@
 - `StopSignals`: the first SIGTERM (what schedulers and preemptible machines send) or Ctrl-C
   lets the current step finish; the trainer then saves a checkpoint and raises `Stopped`, which
   says where to resume. A second signal stops at once (KeyboardInterrupt).
-- `guarded`: wraps a backend's `train(cfg, ...)` with all of that, after `guards.preflight`.
+- `guarded`: wraps a backend's `train(cfg, ...)` with all of that, after `preflight.preflight`.
 """
 
 from __future__ import annotations
@@ -218,11 +218,11 @@ def is_main_process() -> bool:
 
 def guarded(train: Callable[..., Path]) -> Callable[..., Path]:
     """Wrap a backend's `train(cfg, resume=None, overwrite=False)`: cheap checks first
-    (`guards.preflight`), then the run lock and the stop signals for the whole run."""
+    (`preflight.preflight`), then the run lock and the stop signals for the whole run."""
 
     @functools.wraps(train)
     def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Path:
-        from aha.guards import preflight
+        from aha.preflight import preflight
 
         preflight(cfg)
         lock = RunLock(Path(cfg.output_dir)) if is_main_process() else contextlib.nullcontext()

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from aha import checkpoint, distributed, guards, rundir
+from aha import checkpoint, distributed, guards, preflight, rundir
 from aha.algo import compute_advantages, overlong_penalty
 from aha.ckptdir import checkpoint_to_resume, finished_note
 from aha.config import Config, ConfigError
@@ -44,6 +44,7 @@ from aha.rollout.engine import Engine, make_engine
 from aha.schedule import lr_lambda
 from aha.seeding import sampling_seed, seed_rngs
 from aha.tasks import Example, Task, get_task
+from aha.tasks.named_failures import NamedFailures
 from aha.update import Mismatch, policy_update
 
 
@@ -67,11 +68,12 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
 
-    task = guards.NamedFailures(get_task(cfg.task, **cfg.task_options))  # a raising reward: named, with the step
-    train_set = guards.train_examples(task, cfg)  # an empty split stops here, before anything is written
+    task = NamedFailures(get_task(cfg.task, **cfg.task_options))  # a raising reward: named, with the step
+    train_set = preflight.train_examples(task, cfg)  # an empty split stops here, before anything is written
     learner = build_learner(cfg, device, d)
     render_prompt(learner.tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
-    guards.check_context(learner.tokenizer, learner.model.config, train_set, cfg.rollout.max_new_tokens, render_prompt)
+    preflight.check_context(learner.tokenizer, learner.model.config, train_set, cfg.rollout.max_new_tokens,
+                            render_prompt)
     state: LoopState = fresh_state()
     if ckpt_path is not None:
         state.update(checkpoint.load(ckpt_path, learner.model, learner.optimizer, learner.scheduler,

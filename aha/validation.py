@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aha.config import AlgoConfig, Config, RolloutConfig
 from aha.engines import ENGINES
 from aha.errors import ConfigError
 from aha.trackers import check_trackers
+
+if TYPE_CHECKING:  # config calls these checks: they read its dataclasses through the instance
+    from aha.config import Config, RolloutConfig
 
 _CHOICES = {
     "backend": ("torch", "jax"),
@@ -191,7 +193,7 @@ def validate_jax(cfg: Config) -> None:
         raise ConfigError("backend=jax adapts every layer: set lora.last_layers=0" + fix)
     if cfg.rollout.batch_size:
         raise ConfigError("backend=jax generates a step's rollouts in one batch: set rollout.batch_size=0")
-    a, default = cfg.algo, AlgoConfig()
+    a, default = cfg.algo, type(cfg.algo)()
     ported = ("scale_rewards", "loss_agg", "epsilon_low", "epsilon_high", "beta", "mu", "drop_zero_std")
     unported = [f"algo.{f.name}={getattr(a, f.name)}" for f in dataclasses.fields(a)
                 if f.name not in ported and getattr(a, f.name) != getattr(default, f.name)]

@@ -5,7 +5,7 @@ device's versions, then run `bench/gpu_check.py --dry-run` and the CPU test suit
     python bench/device_venv.py --over-system    # this Python and torch, with the device's transformers/peft
     python bench/device_venv.py --over-system --no-suite -- tests/test_rollout.py   # the dry run, then these tests
 
-The device (KINDS.md, read 2026-11): Python 3.12.3, torch 2.11.0+cu130, transformers 5.17.0, peft 0.21.2,
+The device (read 2026-11): Python 3.12.3, torch 2.11.0+cu130, transformers 5.17.0, peft 0.21.2,
 JAX 0.11.2, accelerate 1.15.0, tokenizers 0.23.2, safetensors 0.8.0, numpy 2.5.2, huggingface_hub 1.33.0,
 plus the wheels bench/gpu_wheels.py carries (bitsandbytes, trl, datasets, gguf), installed the same way.
 

@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["torch", "triton", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "bitsandbytes",
             "trl", "datasets", "gguf", "jax", "jaxlib", "jax-cuda13-plugin", "optax", "numpy", "pyarrow", "pytest",
-            "vllm"]  # vllm: not on the image (KINDS.md); a carried wheel would be over 64 MiB
+            "vllm"]  # vllm: not on the device's image; a carried wheel would be over 64 MiB
 
 
 def version(name: str) -> str | None:

@@ -3,7 +3,7 @@ lenient accuracy, the share of completions with an intermediate step, accuracy w
 
 usage: python bench/reasoning_probe.py CAND [N] [TOKENS] [TEMPERATURE]     (CAND_base: the base template)
 Prints one JSON line; writes every completion to bench/results/probe-CAND-tT.jsonl. Steps and the final
-answer are the project's own (`_common.arithmetic_steps`, `_common.final_number`), as in the metrics.
+answer are the project's own (`answers.arithmetic_steps`, `answers.final_number`), as in the metrics.
 """
 import json, random, sys, time
 from decimal import Decimal
@@ -12,7 +12,8 @@ import torch
 
 from aha.model import load_policy
 from aha.rollout import SamplingParams, generate
-from aha.tasks._common import arithmetic_steps, final_number, templated
+from aha.tasks._common import templated
+from aha.tasks.answers import arithmetic_steps, final_number
 
 PREFILL = "<think>\n"
 

@@ -1,6 +1,6 @@
-"""How long the rewards take on hostile text: DESIGN.md asks that a reward "always return in bounded
-time, whatever the model wrote"; the tests check the values (tests/test_rewards_property.py), this
-measures the time, which a shared test machine's clock cannot judge.
+"""How long the rewards take on hostile text: docs/design.md ("Rewards never raise") asks that a reward
+"always returns in bounded time, whatever the model wrote"; the tests check the values
+(tests/test_rewards_property.py), this measures the time, which a shared test machine's clock cannot judge.
 
     python bench/rewards.py [--budget-ms 50] [--json bench/results/rewards-cpu.json]
 

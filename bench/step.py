@@ -17,8 +17,8 @@ at `grpo_step`'s own phase marks into gen (draw prompts + tokenize + sample + de
 the accuracy / format checks) and update (advantages + log-probs + loss + backward + clip + optimizer
 step); CUDA is synchronized at each boundary. Both wall time and the process's CPU time are reported: with --threads 1
 the CPU time is the step's own work, steadier than wall time on a machine shared with other jobs.
-By default every completion is exactly max_new_tokens long on both sides (EOS ignored, as DESIGN.md asks
-of timings), so both do the same work whatever the sampled text; --natural-length lets EOS end them.
+By default every completion is exactly max_new_tokens long on both sides (EOS ignored, as docs/design.md
+"Timings" asks), so both do the same work whatever the sampled text; --natural-length lets EOS end them.
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps (weights included); on CPU
 the process's peak RSS (`ru_maxrss`: a high-water mark of the whole process, model loading and imports
 included), which is why each side runs in its own subprocess (this file again, with --side).

@@ -1,4 +1,4 @@
-"""The algorithm's invariants and hand-computed values (DESIGN.md: House style)."""
+"""The algorithm's invariants and hand-computed values (docs/design.md, "House style")."""
 
 import math
 

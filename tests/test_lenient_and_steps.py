@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aha.eval import summarize
-from aha.log import reasoning_metrics
+from aha.metrics import reasoning_metrics
 from aha.records import CompletionRecord, completion_records, rollout_metrics
 from aha.tasks import Example, Task
-from aha.tasks._common import (_NUMBER_IN_TEXT, MAX_STATEMENTS, arithmetic_steps, final_number, last_number,
+from aha.tasks.answers import (_NUMBER_IN_TEXT, MAX_STATEMENTS, arithmetic_steps, final_number, last_number,
                                parse_number)
 from aha.tasks.gsm8k import GSM8K, lenient_correct
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from aha import guards
+from aha import preflight
 from aha.cli import main
 from aha.tasks.base import Example, Task
 
@@ -38,15 +38,15 @@ def _cfg(eval_every):
 
 
 def test_training_that_evaluates_on_train_prompts_warns_with_the_count(capsys):
-    guards.train_examples(Overlapping(shared=3), _cfg(eval_every=5))
+    preflight.train_examples(Overlapping(shared=3), _cfg(eval_every=5))
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "warning: 3 of the 5 test prompts of task overlap are also train prompts" in err
     assert "not held out" in err and "disjoint" in err
 
 
 def test_disjoint_splits_or_no_eval_say_nothing(capsys):
-    guards.train_examples(Overlapping(shared=0), _cfg(eval_every=5))
-    guards.train_examples(Overlapping(shared=3), _cfg(eval_every=0))  # no eval: the test split is not reported
+    preflight.train_examples(Overlapping(shared=0), _cfg(eval_every=5))
+    preflight.train_examples(Overlapping(shared=3), _cfg(eval_every=0))  # no eval: the test split is not reported
     assert capsys.readouterr().err == ""
 
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from aha.cli import main
-from aha.guards import RewardError
+from aha.tasks.named_failures import RewardError
 from reliability_kit import SMOKE, RewardTask, refused, use_task
 
 

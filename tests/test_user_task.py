@@ -143,7 +143,7 @@ def test_missing_file_class_or_module_and_failing_data(tmp_path, monkeypatch):
 def test_cli_reports_a_broken_task_before_loading_the_model(tmp_path, capsys):
     path = write(tmp_path, "class Bad(Good):\n    rewards = {'exact': (None, 1.0)}")
     rc = main(["train", "-c", "smoke", f"task={path}:Bad", f"output_dir={tmp_path}/run", "task_options={}",
-               "model=random:tiny-qwen2"])  # a model that passes the early checks (aha/guards.py) but is never loaded
+               "model=random:tiny-qwen2"])  # a model that passes preflight (aha/preflight.py) but is never loaded
     err = capsys.readouterr().err
     assert rc == 2 and "reward 'exact' is not callable" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing written

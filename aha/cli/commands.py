@@ -153,10 +153,10 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
         raise ConfigError("--samples, --limit and --batch-size must be >= 1")
     cfg = _run_config(args)
     task, name, options = _task(args, cfg, default_task=None)
-    from aha.guards import NamedFailures
+    from aha.tasks.named_failures import NamedFailures
 
     task = NamedFailures(task)  # a judge that raises: one line naming it, the example and the completion
-    from aha.guards import overlap_warning, require_examples, split_overlap
+    from aha.preflight import overlap_warning, require_examples, split_overlap
 
     require_examples(task.examples(args.split), name, args.split, options)  # before loading any model
     # a "held-out" split holding prompts the model was trained on: said, and recorded in the JSON
@@ -171,7 +171,7 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001  (the subcommand's name
 
     t0 = time.perf_counter()
     policy = load_trained(args.checkpoint, args.adapter, args.model, args.device, args.dtype)
-    from aha.guards import check_context
+    from aha.preflight import check_context
     from aha.rollout import render_prompt
 
     examples = task.examples(args.split)[:args.limit]  # past the model's context: one line, not an IndexError

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from aha import guards, rundir
+from aha import guards, preflight, rundir
 from aha.ckptdir import checkpoint_to_resume, finished_note
 from aha.config import Config, ConfigError
 from aha.data import LoopState, fresh_state, next_indices
@@ -44,6 +44,7 @@ from aha.loop import Backend, Bookkeeper, StepOutcome
 from aha.records import StepTimes, UpdateStats, completion_records, probe_record, variant_metrics
 from aha.schedule import lr_lambda
 from aha.tasks import get_task
+from aha.tasks.named_failures import NamedFailures
 
 COMPLETION_BUCKET = 32  # completion widths are padded up to a multiple of this
 
@@ -77,14 +78,14 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
                           f"{n_dev} devices; make it a multiple of {n_dev} (e.g. prompts_per_step="
                           f"{-(-n_rows // n_dev) * n_dev // G or 1} with num_generations={G})")
 
-    task = guards.NamedFailures(get_task(cfg.task, **cfg.task_options))  # a raising reward: named, with the step
-    train_set = guards.train_examples(task, cfg)  # an empty split stops here, before anything is written
+    task = NamedFailures(get_task(cfg.task, **cfg.task_options))  # a raising reward: named, with the step
+    train_set = preflight.train_examples(task, cfg)  # an empty split stops here, before anything is written
     lm = load_model(cfg.model, resolve_dtype(cfg.dtype), cfg.seed)
     mcfg, tokenizer = lm.config, lm.tokenizer
     render_prompt(tokenizer, train_set[0].prompt)  # a chat template that alters the pre-fill stops here
     # ModelConfig keeps no max positions: the HF config.json's, as the torch loop checks them
-    guards.check_context(tokenizer, SimpleNamespace(**lm.hf_config), train_set, cfg.rollout.max_new_tokens,
-                         render_prompt)
+    preflight.check_context(tokenizer, SimpleNamespace(**lm.hf_config), train_set, cfg.rollout.max_new_tokens,
+                            render_prompt)
     params = shard_params(lm.params, mesh)  # frozen, split over the devices
     lm.params = None  # drop the host copy
     targets = lora_lib.target_names(cfg.lora.target_modules)

@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 from aha.errors import ConfigError
-from aha.guards import check_task_options
+from aha.preflight import check_task_options
 from aha.tasks import user
 from aha.tasks.base import Example, Messages, RewardFn, Task, prompt_prefill, reward_means
 

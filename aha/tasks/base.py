@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from aha.tasks.answers import last_answer, parse_number
+
 Messages = list[dict[str, str]]
 
 
@@ -67,7 +69,7 @@ class Task:
     def reasoning_steps(self, completion: str, ex: Example) -> int | None:
         """How many intermediate results the completion writes before its final answer (for
         arithmetic: statements `a op b = c` whose c is not the answer), or None where the task does
-        not define steps (the default). The `steps_*` metrics (`aha.log.reasoning_metrics`) come from
+        not define steps (the default). The `steps_*` metrics (`aha.metrics.reasoning_metrics`) come from
         it; it must be pure, never raise, and take linear time whatever the text."""
         return None
 
@@ -101,10 +103,8 @@ class Task:
         """The completion's final answer, normalised so that answers written alike compare equal
         (majority voting in `aha eval`, `aha play --jsonl`); None without one. Default: the last
         complete `<answer>...</answer>` block, as a number by the tasks' number rules
-        (`_common.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else with
+        (`answers.parse_number`: "$1,000" and "1000" are one answer, "1,2" is not 12), else with
         whitespace removed."""
-        from aha.tasks._common import last_answer, parse_number
-
         answer = last_answer(completion)
         if answer is None:
             return None

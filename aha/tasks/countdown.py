@@ -49,8 +49,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
-from aha.tasks._common import (CLOSE, OPEN, check_split, check_template, last_answer, prefill_of, read_rows,
-                               resolve_path, templated)
+from aha.tasks._common import check_split, check_template, prefill_of, read_rows, resolve_path, templated
+from aha.tasks.answers import CLOSE, OPEN, last_answer
 from aha.tasks._countdown_puzzles import PuzzleOptions, draw_puzzle, generate_puzzles, puzzle_key, solve
 from aha.tasks._safe_eval import evaluate
 from aha.errors import DataError

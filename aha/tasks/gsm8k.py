@@ -9,7 +9,7 @@ Rewards follow the first seed (willccbb's GRPO GSM8K gist), with these departure
 - answers compare as numbers, exactly (Decimal): "1,000", "$18", "$ 18", "+18", "18.", "18.0"
   equal 18 and "−3" (U+2212) equals -3; a comma counts only between groups of three digits
   ("1,8" and "12,34" are not numbers), and anything else ("18 dollars", "eighteen", "１８") is
-  wrong. The rules are in `_common.parse_number`. The gist compared strings;
+  wrong. The rules are in `answers.parse_number`. The gist compared strings;
 - `int` accepts a sign (the gist used str.isdigit);
 - soft and strict format match across newlines. The gist's soft regex used re.match without
   DOTALL, so a multi-line think block never matched - a bug we fix; its strict regex had the
@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
 
-from aha.tasks._common import (CLOSE, OPEN, arithmetic_steps, check_split, check_template, final_number, last_answer,
-                               parse_number, prefill_of, read_rows, resolve_path, templated)
-from aha.tasks._common import last_number  # noqa: F401  (re-exported: its home before the graders shared it)
+from aha.tasks._common import check_split, check_template, prefill_of, read_rows, resolve_path, templated
+from aha.tasks.answers import CLOSE, OPEN, arithmetic_steps, final_number, last_answer, parse_number
+from aha.tasks.answers import last_number  # noqa: F401  (re-exported: its home before the graders shared it)
 from aha.errors import DataError
 from aha.tasks.base import Example, Messages, Task
 
@@ -155,11 +155,11 @@ def xmlcount_reward(completion: str, ex: Example) -> float:
 def lenient_correct(completion: str, ex: Example) -> bool:
     """The lenient grader: the model's final answer equals the gold, whatever the format.
 
-    The final answer is `_common.final_number`: the content of the last complete `<answer>` block
+    The final answer is `answers.final_number`: the content of the last complete `<answer>` block
     (the block strict grading reads; a number by the same rule, or else the last number inside
     it), else the last number the completion writes. Text after `</answer>` is never read, so a
     strict-correct completion is always lenient-correct. Not a reward: it tells format learning
-    apart from answer learning (DESIGN "What counts as learning").
+    apart from answer learning (docs/design.md, "What counts as learning").
     """
     got = final_number(completion, prefill_of(ex))
     gold = normalize_number(str(ex.target))
@@ -180,7 +180,7 @@ class NumberAnswerTask(Task):
     when `correctness_reward` pays (the tagged number equals the gold), right leniently when the final
     answer does (`lenient_correct`: the answer block read loosely, else the last number; tags or not),
     formatted when `soft_format_reward` pays; its reasoning steps are the arithmetic statements with
-    an intermediate result (`_common.arithmetic_steps`)."""
+    an intermediate result (`answers.arithmetic_steps`)."""
 
     def is_correct(self, completion: str, ex: Example) -> bool:
         return correctness_reward(completion, ex) > 0
@@ -190,7 +190,7 @@ class NumberAnswerTask(Task):
 
     def reasoning_steps(self, completion: str, ex: Example) -> int:
         """Statements `A op B (op C ...) = R` before the first `<answer>` of pre-fill + completion whose
-        R is not the final answer (`_common.final_number`): "3 + 5 = 8\n8 + 7 = 15" answering 15 is 1."""
+        R is not the final answer (`answers.final_number`): "3 + 5 = 8\n8 + 7 = 15" answering 15 is 1."""
         prefill = prefill_of(ex)
         return arithmetic_steps(prefill + completion, final_number(completion, prefill))
 
