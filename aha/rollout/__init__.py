@@ -16,7 +16,7 @@ import torch
 
 from aha.errors import ConfigError
 from aha.rollout.stops import stop_at_strings
-from aha.sampling import SamplingParams  # the rule's knobs live with the rule; re-exported: the public name
+from aha.sampling import SamplingParams  # generate() takes it; the knobs live with the rule they set
 from aha.tasks.base import Messages
 
 if TYPE_CHECKING:
