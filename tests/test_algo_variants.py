@@ -14,6 +14,9 @@ import torch
 
 from aha.algo import (clipped_surrogate, cispo_surrogate, compute_advantages, group_advantages, loss_weights,
                       mismatch_stats, overlong_penalty, policy_loss, rollout_is_weight, sequence_ratio, token_ratio)
+from aha.config import AlgoConfig
+
+GRPO = AlgoConfig()  # the defaults: token ratio, clip at 0.2
 
 # ---------------------------------------------------------------------------- advantages
 
@@ -106,7 +109,7 @@ def test_gspo_objective_hand_computed():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     adv = torch.tensor([1.0, -1.0])
     w = loss_weights(mask, "sequence", 2, 5, 3)
-    loss, st = policy_loss(logp, torch.zeros(2, 3), adv, w, 0.2, 0.2, ratio="sequence", mask=mask)
+    loss, st = policy_loss(logp, torch.zeros(2, 3), adv, w, AlgoConfig(ratio="sequence"), mask=mask)
     # s_1 = e^0.2 = 1.221 -> clipped to 1.2 (A > 0); s_2 = 1 -> -1
     assert torch.isclose(loss, torch.tensor(-(1.2 + -1.0) / 2))
     loss.backward()
@@ -114,16 +117,16 @@ def test_gspo_objective_hand_computed():
     assert torch.allclose(logp.grad[1], torch.full((3,), 1 / 3 / 2))
     assert torch.isclose(st["clip_frac"], torch.tensor(0.5))
     with pytest.raises(ValueError):
-        policy_loss(logp, logp, adv, w, ratio="sequence")  # no mask
+        policy_loss(logp, logp, adv, w, AlgoConfig(ratio="sequence"))  # no mask
 
 
 def test_dual_clip_hand_computed():
     w = torch.ones(1, 1)
     big = torch.tensor([[1.5]], requires_grad=True)  # ratio e^1.5 = 4.48
     # A < 0: PPO's min keeps -4.48 (loss 4.48); the dual clip bounds it at c A = -3 (loss 3), no gradient
-    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w)
+    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w, GRPO)
     assert torch.isclose(loss, torch.exp(torch.tensor(1.5))) and st["clip_frac"] == 0
-    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w, dual_clip=3.0)
+    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w, AlgoConfig(dual_clip=3.0))
     assert torch.isclose(loss, torch.tensor(3.0)) and st["clip_frac"] == 1
     loss.backward()
     assert big.grad.item() == 0.0
@@ -147,7 +150,7 @@ def test_cispo_hand_computed_and_clipped_tokens_keep_their_gradient():
     assert torch.isclose(loss, torch.tensor([[math.exp(-1) * -1.0]])) and clipped.item() == 0.0
     # at ratio 1 (mu = 1) its gradient is PPO's: -A per token
     lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
-    loss, _ = policy_loss(lp, lp.detach(), torch.tensor([2.0]), torch.ones(1, 2), surrogate="reinforce")
+    loss, _ = policy_loss(lp, lp.detach(), torch.tensor([2.0]), torch.ones(1, 2), AlgoConfig(surrogate="reinforce"))
     loss.backward()
     assert torch.allclose(lp.grad, torch.tensor([[-2.0, -2.0]]))
 
@@ -156,17 +159,17 @@ def test_entropy_bonus_and_is_weight_in_the_loss():
     lp = torch.tensor([[-1.0, -2.0]])
     ent = torch.tensor([[0.5, 1.5]], requires_grad=True)
     w = torch.tensor([[0.5, 0.5]])
-    base, _ = policy_loss(lp, lp, torch.tensor([1.0]), w)
-    loss, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, entropy=ent, entropy_coef=0.1)
+    base, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, GRPO)
+    loss, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, AlgoConfig(entropy_coef=0.1), entropy=ent)
     assert torch.isclose(loss - base, torch.tensor(-0.1 * (0.5 + 1.5) / 2))
     loss.backward()
     assert torch.allclose(ent.grad, torch.tensor([[-0.05, -0.05]]))
-    weighted, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, is_weight=torch.tensor([[2.0, 0.0]]))
+    weighted, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, GRPO, is_weight=torch.tensor([[2.0, 0.0]]))
     assert torch.isclose(weighted, torch.tensor(-1.0 * 2.0 * 0.5))  # token 2 masked by MIS
     with pytest.raises(ValueError):
-        policy_loss(lp, lp, torch.tensor([1.0]), w, entropy_coef=0.1)
-    with pytest.raises(ValueError):
-        policy_loss(lp, lp, torch.tensor([1.0]), w, surrogate="ppo2")
+        policy_loss(lp, lp, torch.tensor([1.0]), w, AlgoConfig(entropy_coef=0.1))
+    with pytest.raises(ValueError, match="unknown surrogate 'ppo2': not one of clip, reinforce"):
+        policy_loss(lp, lp, torch.tensor([1.0]), w, AlgoConfig(surrogate="ppo2"))
 
 
 # ---------------------------------------------------------------------------- mismatch
@@ -223,11 +226,11 @@ def test_every_loss_form_sums_over_micro_batches_to_the_full_batch(form, agg):
     mask[:, 0] = 1
     isw = torch.rand(6, 5) * 2
     n_tok = int(mask.sum())
-    kw = {k: v for k, v in form.items() if k != "is_weight"}
+    a = AlgoConfig(epsilon_low=0.2, epsilon_high=0.28, **{k: v for k, v in form.items() if k != "is_weight"})
 
     def loss_of(s):
-        return policy_loss(lp[s], old[s], adv[s], loss_weights(mask[s], agg, 6, n_tok, 5), 0.2, 0.28, mask=mask[s],
-                           entropy=ent[s], is_weight=isw[s] if form.get("is_weight") else None, **kw)[0]
+        return policy_loss(lp[s], old[s], adv[s], loss_weights(mask[s], agg, 6, n_tok, 5), a, mask=mask[s],
+                           entropy=ent[s], is_weight=isw[s] if form.get("is_weight") else None)[0]
 
     full = loss_of(slice(0, 6))
     g_full = torch.autograd.grad(full, [lp, ent], allow_unused=True)
@@ -354,3 +357,4 @@ def test_update_does_not_depend_on_micro_batching(name):
     for k in ("loss", "clip_frac", "entropy", "mismatch/kl", "mismatch/max_abs_logp_diff"):
         assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-7), k
     assert s1["clip_frac"] > 0 and s1["mismatch/kl"] > 0
+
