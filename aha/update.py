@@ -145,10 +145,8 @@ def policy_update(model: torch.nn.Module, ro: Rollout, advantages: torch.Tensor,
                         is_weight = rollout_is_weight(old_support, mb.rollout_logprobs, mb.completion_mask,
                                                       a.rollout_correction_cap, a.rollout_correction,
                                                       a.rollout_correction_level)
-                loss, st = policy_loss(logp, old_logp, mb.advantages, w, a.epsilon_low, a.epsilon_high, a.beta,
-                                       ref[i] if ref else None, ratio=a.ratio, surrogate=a.surrogate,
-                                       dual_clip=a.dual_clip, mask=mb.completion_mask, is_weight=is_weight,
-                                       entropy=entropy, entropy_coef=a.entropy_coef)
+                loss, st = policy_loss(logp, old_logp, mb.advantages, w, a, ref_logp=ref[i] if ref else None,
+                                       mask=mb.completion_mask, is_weight=is_weight, entropy=entropy)
                 # DDP averages gradients over ranks; the global loss is their sum, hence * world.
                 (loss * d.world).backward()
             if it == a.mu - 1 and not idle:  # report the last inner iteration's figures

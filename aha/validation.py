@@ -10,6 +10,7 @@ import math
 import typing
 from typing import TYPE_CHECKING, Any
 
+from aha import variants
 from aha.engines import ENGINES
 from aha.errors import ConfigError
 from aha.trackers import check_trackers
@@ -22,13 +23,14 @@ _CHOICES = {
     "finetune": ("lora", "qlora", "full"),
     "lr_schedule": ("constant", "cosine", "linear"),
     "rollout.engine": tuple(ENGINES),
-    "algo.loss_agg": ("sequence", "token", "constant"),
-    "algo.baseline": ("group", "leave_one_out", "batch"),
-    "algo.scale_rewards": ("group", "batch", "none"),
-    "algo.ratio": ("token", "sequence"),
-    "algo.surrogate": ("clip", "reinforce"),
-    "algo.rollout_correction": ("none", "truncate", "mask"),
-    "algo.rollout_correction_level": ("token", "sequence"),
+    # the algorithm's variants: their tables themselves (aha/variants.py), so a new row is a new allowed value
+    "algo.loss_agg": variants.AGGREGATIONS,
+    "algo.baseline": variants.BASELINES,
+    "algo.scale_rewards": variants.SCALES,
+    "algo.ratio": variants.RATIOS,
+    "algo.surrogate": variants.SURROGATES,
+    "algo.rollout_correction": ("none", *variants.ROLLOUT_CORRECTIONS),  # none: measured, not corrected
+    "algo.rollout_correction_level": variants.ROLLOUT_CORRECTION_LEVELS,
     "optimizer": ("adamw", "adamw8bit", "paged_adamw8bit"),
 }
 

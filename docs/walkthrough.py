@@ -156,7 +156,7 @@ from aha.algo import loss_weights, policy_loss
 old_logp = logp.detach()
 ratio = torch.exp(logp - old_logp)
 w = loss_weights(cmask, cfg.algo.loss_agg, n_seqs=G, n_tokens=int(cmask.sum()), max_len=cfg.rollout.max_new_tokens)
-loss, stats = policy_loss(logp, old_logp, advantages, w, cfg.algo.epsilon_low, cfg.algo.epsilon_high)
+loss, stats = policy_loss(logp, old_logp, advantages, w, cfg.algo)
 print("ratio on completion tokens:", sorted(set(ratio[cmask.bool()].tolist())))
 print(f"loss {loss.item():.4f} (aggregation {cfg.algo.loss_agg!r}), clipped fraction {stats['clip_frac'].item():.2f}")
 
@@ -198,7 +198,7 @@ with torch.no_grad():
 delta = ((new_logp - old_logp) * cmask).sum(dim=1)  # (G,) change in log p(completion)
 for i in range(G):
     print(f"completion {i}: advantage {advantages[i].item():+.3f} -> log p changed by {delta[i].item():+.4f}")
-new_loss, new_stats = policy_loss(new_logp, old_logp, advantages, w, cfg.algo.epsilon_low, cfg.algo.epsilon_high)
+new_loss, new_stats = policy_loss(new_logp, old_logp, advantages, w, cfg.algo)
 new_ratio = torch.exp(new_logp - old_logp)[cmask.bool()]
 print(f"ratio now in [{new_ratio.min().item():.4f}, {new_ratio.max().item():.4f}]; "
       f"surrogate loss {loss.item():.4f} -> {new_loss.item():.4f}")

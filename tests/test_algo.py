@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from aha.algo import group_advantages, kl_k3, loss_weights, policy_loss
+from aha.config import AlgoConfig
+
+GRPO = AlgoConfig()  # the defaults: token ratio, clip at 0.2, no KL
 
 
 def test_equal_rewards_give_zero_advantage_and_are_counted():
@@ -46,13 +49,13 @@ def test_masked_tokens_contribute_nothing():
     lp = torch.randn(2, 4, requires_grad=True)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     w = loss_weights(mask, "sequence", n_seqs=2, n_tokens=6, max_len=4)
-    loss, _ = policy_loss(lp, lp.detach(), torch.tensor([1.0, -1.0]), w)
+    loss, _ = policy_loss(lp, lp.detach(), torch.tensor([1.0, -1.0]), w, GRPO)
     loss.backward()
     assert lp.grad[0, 2:].abs().sum() == 0
     # Changing a masked token's log-prob changes nothing.
     lp2 = lp.detach().clone()
     lp2[0, 3] = 42.0
-    loss2, _ = policy_loss(lp2, lp2, torch.tensor([1.0, -1.0]), w)
+    loss2, _ = policy_loss(lp2, lp2, torch.tensor([1.0, -1.0]), w, GRPO)
     assert torch.isclose(loss.detach(), loss2)
 
 
@@ -77,8 +80,8 @@ def test_micro_batches_sum_to_the_full_batch_loss(agg):
     mask = (torch.rand(6, 5) > 0.3).long()
     mask[:, 0] = 1
     n_tok = int(mask.sum())
-    full, _ = policy_loss(lp, old, adv, loss_weights(mask, agg, 6, n_tok, 5))
-    parts = sum(policy_loss(lp[s], old[s], adv[s], loss_weights(mask[s], agg, 6, n_tok, 5))[0]
+    full, _ = policy_loss(lp, old, adv, loss_weights(mask, agg, 6, n_tok, 5), GRPO)
+    parts = sum(policy_loss(lp[s], old[s], adv[s], loss_weights(mask[s], agg, 6, n_tok, 5), GRPO)[0]
                 for s in (slice(0, 2), slice(2, 3), slice(3, 6)))
     assert torch.isclose(full, parts)
 
@@ -86,7 +89,7 @@ def test_micro_batches_sum_to_the_full_batch_loss(agg):
 def test_surrogate_at_ratio_one_is_minus_advantage_and_gradient_is_policy_gradient():
     lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     w = loss_weights(torch.ones(1, 2), "token", 1, 2, 2)
-    loss, st = policy_loss(lp, lp.detach(), torch.tensor([2.0]), w)
+    loss, st = policy_loss(lp, lp.detach(), torch.tensor([2.0]), w, GRPO)
     assert torch.isclose(loss, torch.tensor(-2.0))
     loss.backward()
     assert torch.allclose(lp.grad, torch.tensor([[-1.0, -1.0]]))  # -A * w
@@ -97,18 +100,19 @@ def test_clip_hand_computed_with_clip_higher():
     # ratio = e^0.5 ~ 1.65 with A > 0: clipped at 1 + eps_high; with A < 0 the unclipped term is min.
     lp, old = torch.tensor([[0.5]]), torch.tensor([[0.0]])
     w = torch.ones(1, 1)
-    loss, st = policy_loss(lp, old, torch.tensor([1.0]), w, eps_low=0.2, eps_high=0.28)
+    dapo = AlgoConfig(epsilon_low=0.2, epsilon_high=0.28)
+    loss, st = policy_loss(lp, old, torch.tensor([1.0]), w, dapo)
     assert torch.isclose(loss, torch.tensor(-1.28)) and st["clip_frac"] == 1
-    loss, st = policy_loss(lp, old, torch.tensor([-1.0]), w, eps_low=0.2, eps_high=0.28)
+    loss, st = policy_loss(lp, old, torch.tensor([-1.0]), w, dapo)
     assert torch.isclose(loss, torch.exp(torch.tensor(0.5))) and st["clip_frac"] == 0
     # ratio = e^-0.5 ~ 0.61 with A < 0: clipped at 1 - eps_low.
-    loss, st = policy_loss(-lp, old, torch.tensor([-1.0]), w, eps_low=0.2, eps_high=0.28)
+    loss, st = policy_loss(-lp, old, torch.tensor([-1.0]), w, dapo)
     assert torch.isclose(loss, torch.tensor(0.8)) and st["clip_frac"] == 1
 
 
 def test_clipped_tokens_get_no_gradient():
     lp = torch.tensor([[0.5, 0.0]], requires_grad=True)
-    loss, _ = policy_loss(lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2))
+    loss, _ = policy_loss(lp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2), GRPO)
     loss.backward()
     assert lp.grad[0, 0] == 0 and lp.grad[0, 1] != 0
 
@@ -116,9 +120,9 @@ def test_clipped_tokens_get_no_gradient():
 def test_kl_term_is_added_with_beta_and_needs_ref():
     lp, ref = torch.tensor([[-1.0, -1.0]]), torch.tensor([[-1.5, -0.5]])
     w = loss_weights(torch.ones(1, 2), "token", 1, 2, 2)
-    base, _ = policy_loss(lp, lp, torch.tensor([0.0]), w)
-    loss, st = policy_loss(lp, lp, torch.tensor([0.0]), w, beta=0.1, ref_logp=ref)
+    base, _ = policy_loss(lp, lp, torch.tensor([0.0]), w, GRPO)
+    loss, st = policy_loss(lp, lp, torch.tensor([0.0]), w, AlgoConfig(beta=0.1), ref_logp=ref)
     assert torch.isclose(loss - base, 0.1 * kl_k3(lp, ref).mean())
     assert torch.isclose(st["kl"], kl_k3(lp, ref).mean())
     with pytest.raises(ValueError):
-        policy_loss(lp, lp, torch.tensor([0.0]), w, beta=0.1)
+        policy_loss(lp, lp, torch.tensor([0.0]), w, AlgoConfig(beta=0.1))

@@ -1,10 +1,13 @@
 """The algorithm variants (issue 16): each function against values computed by hand from its paper's
-formula, micro-batching invariance of every loss form, batch statistics over ranks, and a few
-training steps with exact resume for each variant."""
+formula, micro-batching invariance of every loss form, batch statistics over ranks, a few training
+steps with exact resume for each variant, and the variants' tables (aha/variants.py, issue 24): what
+reads them, the README's table of them, and a toy variant added through a table alone."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 from dataclasses import asdict
 import threading
 from pathlib import Path
@@ -14,6 +17,10 @@ import torch
 
 from aha.algo import (clipped_surrogate, cispo_surrogate, compute_advantages, group_advantages, loss_weights,
                       mismatch_stats, overlong_penalty, policy_loss, rollout_is_weight, sequence_ratio, token_ratio)
+from aha import variants
+from aha.config import AlgoConfig
+
+GRPO = AlgoConfig()  # the defaults: token ratio, clip at 0.2
 
 # ---------------------------------------------------------------------------- advantages
 
@@ -106,7 +113,7 @@ def test_gspo_objective_hand_computed():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     adv = torch.tensor([1.0, -1.0])
     w = loss_weights(mask, "sequence", 2, 5, 3)
-    loss, st = policy_loss(logp, torch.zeros(2, 3), adv, w, 0.2, 0.2, ratio="sequence", mask=mask)
+    loss, st = policy_loss(logp, torch.zeros(2, 3), adv, w, AlgoConfig(ratio="sequence"), mask=mask)
     # s_1 = e^0.2 = 1.221 -> clipped to 1.2 (A > 0); s_2 = 1 -> -1
     assert torch.isclose(loss, torch.tensor(-(1.2 + -1.0) / 2))
     loss.backward()
@@ -114,16 +121,16 @@ def test_gspo_objective_hand_computed():
     assert torch.allclose(logp.grad[1], torch.full((3,), 1 / 3 / 2))
     assert torch.isclose(st["clip_frac"], torch.tensor(0.5))
     with pytest.raises(ValueError):
-        policy_loss(logp, logp, adv, w, ratio="sequence")  # no mask
+        policy_loss(logp, logp, adv, w, AlgoConfig(ratio="sequence"))  # no mask
 
 
 def test_dual_clip_hand_computed():
     w = torch.ones(1, 1)
     big = torch.tensor([[1.5]], requires_grad=True)  # ratio e^1.5 = 4.48
     # A < 0: PPO's min keeps -4.48 (loss 4.48); the dual clip bounds it at c A = -3 (loss 3), no gradient
-    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w)
+    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w, GRPO)
     assert torch.isclose(loss, torch.exp(torch.tensor(1.5))) and st["clip_frac"] == 0
-    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w, dual_clip=3.0)
+    loss, st = policy_loss(big, torch.zeros(1, 1), torch.tensor([-1.0]), w, AlgoConfig(dual_clip=3.0))
     assert torch.isclose(loss, torch.tensor(3.0)) and st["clip_frac"] == 1
     loss.backward()
     assert big.grad.item() == 0.0
@@ -147,7 +154,7 @@ def test_cispo_hand_computed_and_clipped_tokens_keep_their_gradient():
     assert torch.isclose(loss, torch.tensor([[math.exp(-1) * -1.0]])) and clipped.item() == 0.0
     # at ratio 1 (mu = 1) its gradient is PPO's: -A per token
     lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
-    loss, _ = policy_loss(lp, lp.detach(), torch.tensor([2.0]), torch.ones(1, 2), surrogate="reinforce")
+    loss, _ = policy_loss(lp, lp.detach(), torch.tensor([2.0]), torch.ones(1, 2), AlgoConfig(surrogate="reinforce"))
     loss.backward()
     assert torch.allclose(lp.grad, torch.tensor([[-2.0, -2.0]]))
 
@@ -156,17 +163,17 @@ def test_entropy_bonus_and_is_weight_in_the_loss():
     lp = torch.tensor([[-1.0, -2.0]])
     ent = torch.tensor([[0.5, 1.5]], requires_grad=True)
     w = torch.tensor([[0.5, 0.5]])
-    base, _ = policy_loss(lp, lp, torch.tensor([1.0]), w)
-    loss, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, entropy=ent, entropy_coef=0.1)
+    base, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, GRPO)
+    loss, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, AlgoConfig(entropy_coef=0.1), entropy=ent)
     assert torch.isclose(loss - base, torch.tensor(-0.1 * (0.5 + 1.5) / 2))
     loss.backward()
     assert torch.allclose(ent.grad, torch.tensor([[-0.05, -0.05]]))
-    weighted, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, is_weight=torch.tensor([[2.0, 0.0]]))
+    weighted, _ = policy_loss(lp, lp, torch.tensor([1.0]), w, GRPO, is_weight=torch.tensor([[2.0, 0.0]]))
     assert torch.isclose(weighted, torch.tensor(-1.0 * 2.0 * 0.5))  # token 2 masked by MIS
     with pytest.raises(ValueError):
-        policy_loss(lp, lp, torch.tensor([1.0]), w, entropy_coef=0.1)
-    with pytest.raises(ValueError):
-        policy_loss(lp, lp, torch.tensor([1.0]), w, surrogate="ppo2")
+        policy_loss(lp, lp, torch.tensor([1.0]), w, AlgoConfig(entropy_coef=0.1))
+    with pytest.raises(ValueError, match="unknown surrogate 'ppo2': not one of clip, reinforce"):
+        policy_loss(lp, lp, torch.tensor([1.0]), w, AlgoConfig(surrogate="ppo2"))
 
 
 # ---------------------------------------------------------------------------- mismatch
@@ -223,11 +230,11 @@ def test_every_loss_form_sums_over_micro_batches_to_the_full_batch(form, agg):
     mask[:, 0] = 1
     isw = torch.rand(6, 5) * 2
     n_tok = int(mask.sum())
-    kw = {k: v for k, v in form.items() if k != "is_weight"}
+    a = AlgoConfig(epsilon_low=0.2, epsilon_high=0.28, **{k: v for k, v in form.items() if k != "is_weight"})
 
     def loss_of(s):
-        return policy_loss(lp[s], old[s], adv[s], loss_weights(mask[s], agg, 6, n_tok, 5), 0.2, 0.28, mask=mask[s],
-                           entropy=ent[s], is_weight=isw[s] if form.get("is_weight") else None, **kw)[0]
+        return policy_loss(lp[s], old[s], adv[s], loss_weights(mask[s], agg, 6, n_tok, 5), a, mask=mask[s],
+                           entropy=ent[s], is_weight=isw[s] if form.get("is_weight") else None)[0]
 
     full = loss_of(slice(0, 6))
     g_full = torch.autograd.grad(full, [lp, ent], allow_unused=True)
@@ -354,3 +361,65 @@ def test_update_does_not_depend_on_micro_batching(name):
     for k in ("loss", "clip_frac", "entropy", "mismatch/kl", "mismatch/max_abs_logp_diff"):
         assert s1[k] == pytest.approx(s2[k], rel=1e-5, abs=1e-7), k
     assert s1["clip_frac"] > 0 and s1["mismatch/kl"] > 0
+
+
+# ---------------------------------------------------------------------------- the tables
+
+TABLES = {"algo.baseline": variants.BASELINES, "algo.scale_rewards": variants.SCALES, "algo.ratio": variants.RATIOS,
+          "algo.surrogate": variants.SURROGATES, "algo.loss_agg": variants.AGGREGATIONS,
+          "algo.rollout_correction": variants.ROLLOUT_CORRECTIONS,
+          "algo.rollout_correction_level": variants.ROLLOUT_CORRECTION_LEVELS}
+
+
+@pytest.mark.parametrize("key", TABLES)
+def test_every_table_row_is_a_documented_function_and_an_allowed_value(key):
+    from aha.validation import _CHOICES
+
+    table = TABLES[key]
+    for ref in table.values():
+        module, function = ref.split(":")
+        assert (getattr(importlib.import_module(module), function).__doc__ or "").strip(), ref
+    extra = {"none"} if key == "algo.rollout_correction" else set()  # none: measured, not corrected
+    assert set(_CHOICES[key]) == set(table) | extra
+    assert getattr(AlgoConfig(), key.split(".")[1]) in set(table) | extra  # the default is a row
+
+
+def test_readme_variants_table_names_exactly_the_tables_rows():
+    """README "Algorithm variants: paper -> config keys" names every row of every table, and nothing else:
+    a row added without its README line, or a README line left after its row went, fails here."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Algorithm variants")[1].split("\n## ")[0]
+    named: dict[str, set[str]] = {}
+    for key, value in re.findall(r"`?(algo\.\w+)=(\w+)", section):
+        named.setdefault(key, set()).add(value)
+    for key, table in TABLES.items():
+        assert named.get(key, set()) == set(table), key
+
+
+TOY_CALLS: list[torch.Size] = []
+
+
+def toy_surrogate(logp, ratio, adv, algo, xp=torch):
+    """A made-up SURROGATES function: 1 - r A per token, REINFORCE's loss plus 1, so that its value is
+    recognisable (1 - mean A = 1 under a group baseline) and its gradient moves the weights."""
+    TOY_CALLS.append(ratio.shape)
+    return 1 - ratio * adv, xp.zeros_like(ratio)
+
+
+def test_a_variant_added_through_its_table_alone_trains(tmp_path: Path, toy_task, monkeypatch):
+    """One function and one table row, nothing else: validation accepts the name, the loss runs it."""
+    from aha.config import load_config
+    from aha.errors import ConfigError
+    from aha.log import read_jsonl
+    from aha.train import train
+
+    keys = [f"output_dir={tmp_path}", "task=toy", "tensorboard=false", "max_steps=1", "save_every=0", "probe_every=0",
+            "eval_every=0", "rollout.max_new_tokens=8", "algo.surrogate=toy"]
+    with pytest.raises(ConfigError, match="'algo.surrogate': 'toy' is not one of clip, reinforce"):
+        load_config("smoke", keys)
+    monkeypatch.setitem(variants.SURROGATES, "toy", f"{__name__}:toy_surrogate")
+    TOY_CALLS.clear()
+    (row,) = read_jsonl(train(load_config("smoke", keys)) / "metrics.jsonl")
+    assert TOY_CALLS  # the update ran the toy
+    assert row["loss"] == pytest.approx(1.0, abs=1e-5)  # sum over completions of (1 - A_i) / n, A summing to 0
+    assert row["clip_frac"] == 0 and row["grad_norm"] > 0  # a gradient, so the step moved the weights

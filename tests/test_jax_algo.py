@@ -9,7 +9,10 @@ jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
 from aha import algo as ta  # noqa: E402
+from aha.config import AlgoConfig  # noqa: E402
 from aha.jax import algo as ja  # noqa: E402
+
+GRPO = AlgoConfig()  # the defaults, what backend=jax runs
 
 
 def _batch(seed: int, B: int = 6, C: int = 7):
@@ -41,13 +44,13 @@ def test_policy_loss_and_gradients_equal_torch(agg, beta, eps_high):
 
     t_logp = torch.tensor(logp, requires_grad=True)
     t_w = ta.loss_weights(torch.tensor(mask), agg, n_seqs, n_tokens, max_len)
-    t_loss, t_st = ta.policy_loss(t_logp, torch.tensor(old), torch.tensor(adv), t_w, 0.2, eps_high, beta,
-                                  torch.tensor(ref))
+    a = AlgoConfig(epsilon_low=0.2, epsilon_high=eps_high, beta=beta)
+    t_loss, t_st = ta.policy_loss(t_logp, torch.tensor(old), torch.tensor(adv), t_w, a, ref_logp=torch.tensor(ref))
     t_loss.backward()
 
     def f(lp):
         w = ja.loss_weights(jnp.asarray(mask), agg, n_seqs, n_tokens, max_len)
-        loss, st = ja.policy_loss(lp, jnp.asarray(old), jnp.asarray(adv), w, 0.2, eps_high, beta, jnp.asarray(ref))
+        loss, st = ja.policy_loss(lp, jnp.asarray(old), jnp.asarray(adv), w, a, ref_logp=jnp.asarray(ref))
         return loss, st
 
     (j_loss, j_st), j_grad = jax.value_and_grad(f, has_aux=True)(jnp.asarray(logp))
@@ -66,11 +69,11 @@ def test_mu_one_ratio_and_kl_invariants():
     assert bool((ja.kl_k3(lp, lp + 0.3) > 0).all())
     w = ja.loss_weights(jnp.asarray(mask), "sequence", 6, int(mask.sum()), 7)
     # old = stop_gradient(logp): the surrogate is -mean(adv) and its gradient the policy gradient.
-    grad = jax.grad(lambda x: ja.policy_loss(x, jax.lax.stop_gradient(x), jnp.asarray(adv), w)[0])(lp)
+    grad = jax.grad(lambda x: ja.policy_loss(x, jax.lax.stop_gradient(x), jnp.asarray(adv), w, GRPO)[0])(lp)
     np.testing.assert_allclose(np.asarray(grad), -adv[:, None] * np.asarray(w), rtol=1e-6)
     assert float(jnp.abs(grad * (1 - mask)).max()) == 0.0  # masked tokens get no gradient
     with pytest.raises(ValueError):
-        ja.policy_loss(lp, lp, jnp.asarray(adv), w, beta=0.1)
+        ja.policy_loss(lp, lp, jnp.asarray(adv), w, AlgoConfig(beta=0.1))
     with pytest.raises(ValueError):
         ja.loss_weights(jnp.asarray(mask), "median", 1, 1, 1)
 
@@ -80,8 +83,8 @@ def test_micro_batches_sum_to_the_full_batch_loss(agg):
     logp, old, _, adv, mask = _batch(seed=3)
     n_seqs, n_tokens = mask.shape[0], int(mask.sum())
     full = ja.policy_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv),
-                          ja.loss_weights(jnp.asarray(mask), agg, n_seqs, n_tokens, 7))[0]
+                          ja.loss_weights(jnp.asarray(mask), agg, n_seqs, n_tokens, 7), GRPO)[0]
     parts = sum(ja.policy_loss(jnp.asarray(logp[s]), jnp.asarray(old[s]), jnp.asarray(adv[s]),
-                               ja.loss_weights(jnp.asarray(mask[s]), agg, n_seqs, n_tokens, 7))[0]
+                               ja.loss_weights(jnp.asarray(mask[s]), agg, n_seqs, n_tokens, 7), GRPO)[0]
                 for s in (slice(0, 2), slice(2, 6)))
     np.testing.assert_allclose(float(full), float(parts), rtol=1e-6)

@@ -4,14 +4,19 @@ tensors). The loss and the KL are aha/algo.py's own functions run on jax.numpy; 
 the loss weights are ported (their shape logic differs). Read aha/algo.py for the why of each knob.
 
 Shapes: N completions in the batch, G per group (N = groups * G), C completion tokens.
-Difference: `beta`, `agg`, `group_size` must be Python values (they pick the computation at trace
+Difference: `algo.beta`, `agg`, `group_size` must be Python values (they pick the computation at trace
 time under `jax.jit`), and stats are always returned as arrays.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from aha.config import AlgoConfig
 
 
 def group_advantages(rewards: jax.Array, group_size: int, scale: bool = True,
@@ -55,11 +60,11 @@ def loss_weights(mask: jax.Array, agg: str, n_seqs: int | jax.Array, n_tokens: i
 
 
 def policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, weights: jax.Array,
-                eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
-                ref_logp: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The clipped surrogate plus beta * k3 KL, aggregated by `weights`: aha.algo.policy_loss itself,
-    on jnp arrays. logp, old_logp, ref_logp, weights: (B, C); advantages: (B,) -> (scalar loss, stats)."""
-    from aha import algo
+                algo: AlgoConfig, *, ref_logp: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The clipped surrogate plus algo.beta * k3 KL, aggregated by `weights`: aha.algo.policy_loss itself,
+    on jnp arrays, with the config's `algo` (an AlgoConfig; validation keeps backend=jax to the token ratio
+    and the clip). logp, old_logp, ref_logp, weights: (B, C); advantages: (B,) -> (scalar loss, stats)."""
+    import aha.algo  # not `from aha import algo`: the config is `algo` here
 
-    return algo.policy_loss(logp, old_logp, advantages, weights, eps_low, eps_high, beta, ref_logp, xp=jnp,
-                            stop_gradient=jax.lax.stop_gradient)
+    return aha.algo.policy_loss(logp, old_logp, advantages, weights, algo, ref_logp=ref_logp, xp=jnp,
+                                stop_gradient=jax.lax.stop_gradient)

@@ -205,8 +205,7 @@ def step_functions(mcfg: Any, cfg: Config, scale: float, optimizer: Any, mesh: A
     def loss_fn(lora: Any, params: Any, mb: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         logp, entropy = logprobs(lora, params, mb)  # (b, C)
         old = mb["old"] if "old" in mb else jax.lax.stop_gradient(logp)  # mu = 1: ratio is 1, gradient flows
-        loss, st = policy_loss(logp, old, mb["adv"], mb["weights"], a.epsilon_low, a.epsilon_high, a.beta,
-                               mb.get("ref"))
+        loss, st = policy_loss(logp, old, mb["adv"], mb["weights"], a, ref_logp=mb.get("ref"))
         return loss, {**st, "entropy_sum": (entropy * mb["cmask"]).sum()}
 
     def apply(lora: Any, opt_state: Any, grads: Any, lr: jax.Array) -> tuple[Any, Any, jax.Array, jax.Array]:
