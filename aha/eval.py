@@ -140,7 +140,8 @@ def evaluate(model: Any, tokenizer: Any, task: Any, split: str = "test", limit: 
     """
     import torch
 
-    from aha.rollout import SamplingParams, generate, render_prompt
+    from aha.rollout import generate, render_prompt
+    from aha.sampling import SamplingParams
     from aha.rollout.engine import make_engine
 
     if samples < 1:

@@ -1,7 +1,7 @@
 """Run logs: `metrics.jsonl` (one line per step), `completions.jsonl`, the trackers (TensorBoard,
-W&B, Trackio: aha/trackers.py) and the progress bar. Both backends' loops open and write their run
-through `open_run` and `log_step`. The metrics themselves are computed elsewhere (aha/metrics.py,
-aha/records.py); this file writes them.
+W&B, Trackio: aha/trackers.py) and the progress bar, opened by `open_run`. When each is written is
+aha/loop.py's (the bookkeeping both loops share); the metrics themselves are computed in aha/metrics.py
+and aha/records.py. This file only writes.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from aha.config import Config
-    from aha.records import CompletionRecord
 
 from aha import fsio
 
@@ -135,16 +134,3 @@ def open_run(run_dir: Path, cfg: Config, config_yaml: str, step: int, resumed: b
     resume_step = step if resumed else None
     trackers = open_trackers(cfg.report_to, run_dir, cfg.to_dict(), cfg.tensorboard, resume_step)
     return RunLogger(run_dir, trackers, resume_step, cfg.report_table_every), Progress(cfg.max_steps, step)
-
-
-def log_step(logger: RunLogger, progress: Progress, cfg: Config, step: int, metrics: dict[str, float],
-             records: Sequence[CompletionRecord], probe: Callable[[], dict[str, Any]]) -> None:
-    """Write a step's metrics, its completions every `log_completions_every` steps, the probe's
-    completion (`probe()`, called only when due: steps 1, every `probe_every`, and the last), and
-    advance the progress bar."""
-    logger.log_metrics(step, metrics)
-    if cfg.log_completions_every and step % cfg.log_completions_every == 0:
-        logger.log_completions(step, [r.logged() for r in records])
-    if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
-        logger.log_completions(step, [probe()])
-    progress.update(step, metrics)

@@ -4,8 +4,8 @@ step's metrics row, the held-out eval when it is due (and the untrained policy's
 the non-finite streak, the checkpoint, and the stop after SIGTERM / Ctrl-C.
 
 Each loop keeps only its own step (rollout -> score -> advantages -> update) and hands this module
-what came out of it (`StepOutcome`) plus three backend callables (`Backend`: held-out eval, probe,
-save). Two loops once did all of this each, and drifted: a finished run made the torch loop load the
+what came out of it (`StepOutcome`) plus what only the backend can do (`Backend`: held-out eval,
+probe, save, close). Two loops once did all of this each, and drifted: a finished run made the torch loop load the
 model and the JAX loop rewrite the run's logs; the JAX loop never warned of a run without signal.
 
 Data-parallel (torch under torchrun): every rank calls `after_step` - the non-finite streak is per rank,
@@ -24,15 +24,11 @@ from aha import rundir
 from aha.config import Config
 from aha.data import LoopState
 from aha.guards import NonFiniteGuard
-from aha.log import log_step, open_run
+from aha.log import open_run
 from aha.records import CompletionRecord, StepTimes, UpdateStats, step_metrics
 from aha.schedule import eval_due
 
 EvalRows = tuple[dict[str, float], list[dict[str, Any]]]  # (eval/* metrics, eval_completions.jsonl rows)
-
-
-def _one_process(values: list[float]) -> list[float]:
-    return list(values)
 
 
 @dataclass
@@ -65,13 +61,13 @@ class Bookkeeper:
     after each, `close()` at the end.
 
     `state` is the loop's `LoopState` (step, epoch, cursor), read for the metrics and advanced to the
-    step just done before the checkpoint. `all_sum` sums floats over data-parallel ranks (identity on
-    one process): the stop decision is every rank's.
+    step just done before the checkpoint. `all_sum` sums floats over data-parallel ranks (on one
+    process the default, `list`, is the identity): the stop decision is every rank's.
     """
 
     def __init__(self, cfg: Config, run_dir: Path, state: LoopState, backend: Backend, config_yaml: str, *,
                  resumed: bool, overwrite: bool, main: bool = True,
-                 all_sum: Callable[[list[float]], list[float]] = _one_process):
+                 all_sum: Callable[[list[float]], list[float]] = list):
         self.cfg, self.state, self.backend, self.main, self.all_sum = cfg, state, backend, main, all_sum
         if main:  # every check has passed, so --overwrite replaces the old run now
             self.logger, self.progress = open_run(run_dir, cfg, config_yaml, state["step"], resumed, overwrite)
@@ -91,7 +87,9 @@ class Bookkeeper:
             self.logger.log_metrics(0, self.held_out_eval(0))
 
     def after_step(self, step: int, out: StepOutcome) -> None:
-        """6. Log step `step`: its metrics (+ held-out eval when due), completions, probe, warnings.
+        """6. Log step `step`: its metrics (+ held-out eval when due), its completions every
+        `log_completions_every` steps, the probe's greedy completion (steps 1, every `probe_every`, the
+        last), the progress bar, the warnings.
         7. Checkpoint it (the state saved is the state *after* this step) when due; after a SIGTERM or
         Ctrl-C, save now and stop (raises rundir.Stopped; a signal during the last step just finishes).
         Raises guards.NonFiniteError after `max_nonfinite_steps` skipped steps in a row."""
@@ -102,7 +100,12 @@ class Bookkeeper:
             metrics.update(out.extra)
             if eval_due(step, cfg):
                 metrics.update(self.held_out_eval(step))
-            log_step(self.logger, self.progress, cfg, step, metrics, out.records, self.backend.probe)
+            self.logger.log_metrics(step, metrics)
+            if cfg.log_completions_every and step % cfg.log_completions_every == 0:
+                self.logger.log_completions(step, [r.logged() for r in out.records])
+            if cfg.probe_every and (step == 1 or step % cfg.probe_every == 0 or step == cfg.max_steps):
+                self.logger.log_completions(step, [self.backend.probe()])  # greedy: consumes no RNG
+            self.progress.update(step, metrics)
             # A run whose groups all carry equal rewards learns nothing: say so while it runs.
             self.no_signal = self.no_signal + 1 if out.zero_std_groups == out.groups else 0
             if cfg.warn_no_signal_steps and self.no_signal == cfg.warn_no_signal_steps:

@@ -15,12 +15,11 @@ def model_card(title: str, *, base: str, base_for_peft: str | None, finetune: st
     """README.md for the export: what it is, how it was trained, how well it did, how to load it (from
     `location`, the --out path as given; default: `title`). The code runs as written.
 
-    Given values, not the export's own types: `base` as the run named it ("" when unknown),
+    Given values, not the export's own types: `base` as the run named it ("unknown" when it did not),
     `base_for_peft` how PEFT should load it (`export.loadable_base`; None: `base` as is), `finetune`
     (lora | qlora | full), the run's `config` (config.yaml as a dict, {} for a bare adapter), the
     checkpoint's `step` and the `run_dir` holding metrics.jsonl (None when unknown)."""
-    cfg = config
-    base = base or "unknown"
+    cfg = config  # the run's config.yaml, as the helpers below name it
     hub_id = base if "/" in base and not Path(base).expanduser().exists() and ":" not in base else None
     front = ["---", f"library_name: {'peft' if adapter_only else 'transformers'}"]
     if hub_id:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.config import coerce
+from aha.engines import VLLM_INSTALL
 from aha.errors import ConfigError, DataError, ModelError, did_you_mean
 
 
@@ -50,9 +51,8 @@ def preflight(cfg: Any) -> None:
     if cfg.optimizer in BNB_CLASSES:
         check_bnb_available(cfg.optimizer, [])
     if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        from aha.rollout.vllm import INSTALL
 
-        raise ModelError(INSTALL)
+        raise ModelError(VLLM_INSTALL)
     model_source(cfg.model, ARCHS)
     if cfg.model == "smollm2-135m":
         smollm2_gguf_path()

@@ -130,6 +130,12 @@ class StepTimes:
     def step(self) -> float:
         return self.gen + self.score + self.update
 
+    @classmethod
+    def from_marks(cls, start: float, rolled_out: float, scored: float, updated: float) -> StepTimes:
+        """The phases between four clock readings: the step's start, after the rollout, after scoring,
+        after the update."""
+        return cls(gen=rolled_out - start, score=scored - rolled_out, update=updated - scored)
+
 
 def step_metrics(records: Sequence[CompletionRecord], frac_zero_std: float, stats: UpdateStats, lr: float,
                  times: StepTimes, epoch: int, G: int) -> dict[str, float]:

@@ -39,7 +39,8 @@ from aha.logprobs import batch_logprobs
 from aha.model import load_policy, trainable_parameters
 from aha.optim import build_optimizer
 from aha.records import CompletionRecord, StepTimes, UpdateStats, completion_records, probe_record, variant_metrics
-from aha.rollout import Rollout, SamplingParams, generate, render_prompt
+from aha.rollout import Rollout, generate, render_prompt
+from aha.sampling import SamplingParams
 from aha.rollout.engine import Engine, make_engine
 from aha.schedule import lr_lambda
 from aha.seeding import sampling_seed, seed_rngs
@@ -109,7 +110,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
         records = [rec for rank_records in distributed.gather(res.records, d) for rec in rank_records]
         n_zero, n_groups = distributed.all_sum([res.zero_std.float().sum().item(), float(len(res.zero_std))], d)
         _, t_gen, t_score, t_end = res.marks
-        times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
+        times = StepTimes.from_marks(t0, t_gen, t_score, t_end)
         book.after_step(step, StepOutcome(records, n_zero, n_groups, res.stats, learner.scheduler.get_last_lr()[0],
                                           times, res.extra))
     book.close()

@@ -11,7 +11,8 @@ from decimal import Decimal
 import torch
 
 from aha.model import load_policy
-from aha.rollout import SamplingParams, generate
+from aha.rollout import generate
+from aha.sampling import SamplingParams
 from aha.tasks._common import templated
 from aha.tasks.answers import arithmetic_steps, final_number
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 
 from aha.model import load_base, resolve_device, resolve_dtype
-from aha.rollout import SamplingParams, encode_prompts
+from aha.rollout import encode_prompts
+from aha.sampling import SamplingParams
 
 # Peak memory bandwidth in GB/s by device name (substring match, first hit wins).
 BANDWIDTH_GBS = [("H100 PCIe", 2000), ("H100", 3350), ("H200", 4800), ("A100 80GB", 2000), ("A100", 1555),

@@ -45,7 +45,7 @@ import torch
 from aha.config import Config, load_config
 from aha.data import fresh_state, next_indices
 from aha.model import resolve_device
-from aha.rollout import SamplingParams
+from aha.sampling import SamplingParams
 from aha.seeding import seed_rngs
 from aha.tasks import get_task
 from aha.train import build_learner, grpo_step

@@ -74,7 +74,8 @@ print("target (opaque to the trainer):", ex.target)
 # `(G, P)`, completion ids `(G, C)` and a completion mask `(G, C)` that is 1 through the first EOS.
 
 # %%
-from aha.rollout import SamplingParams, generate
+from aha.rollout import generate
+from aha.sampling import SamplingParams
 
 G = cfg.rollout.num_generations
 params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k)

@@ -25,7 +25,8 @@ from aha.config import load_config  # noqa: E402
 from aha.log import read_jsonl  # noqa: E402
 from aha.logprobs import completion_logprobs, naive_completion_logprobs  # noqa: E402
 from aha.model import load_base, load_policy, unwrap  # noqa: E402
-from aha.rollout import SamplingParams, decoder, encode_prompts, generate, hf, native  # noqa: E402
+from aha.rollout import decoder, encode_prompts, generate, hf, native  # noqa: E402
+from aha.sampling import SamplingParams  # noqa: E402
 from aha.train import train  # noqa: E402
 
 pytestmark = pytest.mark.cuda

@@ -2,9 +2,10 @@
 
 An `ast` walk over every module of the package: every import statement counts, those inside
 functions too (a lazy import hides a cycle from Python, not from a reader), relative imports
-resolved; only the bodies of `if TYPE_CHECKING:` are skipped (annotations, never run). A module
-`aha.x.y` counts only its explicit imports, not the implicit import of its parent package. No
-torch, no model: it reads source only.
+resolved; only the bodies of `if TYPE_CHECKING:` are skipped (annotations, never run). Importing
+`aha.x.y` runs `aha/x/__init__.py` first, so it is an edge to the package `aha.x` too - unless the
+importer is inside `aha.x` (its package is already being imported). No torch, no model: it reads
+source only.
 """
 
 from __future__ import annotations
@@ -54,10 +55,13 @@ def _imported(tree: ast.AST, name: str, is_package: bool, modules: set[str]) -> 
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
         else:
             targets = []
+        own_packages = {name.rsplit(".", i)[0] for i in range(name.count(".") + 1)}
         for target in targets:
             module = resolve(target) if target.startswith("aha") else None
-            if module and module != name:
-                found.add(module)
+            while module and module not in own_packages:  # the module, then each package it runs first
+                if module in modules:
+                    found.add(module)
+                module = module.rpartition(".")[0]
         for child in ast.iter_child_nodes(node):
             visit(child)
 

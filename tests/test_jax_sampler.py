@@ -10,7 +10,7 @@ jnp = jax.numpy
 from aha.jax.sampler import bucket_prompts, generate, sample_logits, truncate_logits  # noqa: E402
 from aha.jax.weights import load_model  # noqa: E402
 from aha.model import load_policy  # noqa: E402
-from aha.rollout import SamplingParams  # noqa: E402
+from aha.sampling import SamplingParams  # noqa: E402
 from aha.rollout import generate as torch_generate  # noqa: E402
 
 PROMPTS = ["Using 3 5 7, make 22.", "2+2=", "The quick brown fox jumps over the lazy dog, then"]

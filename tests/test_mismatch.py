@@ -11,7 +11,8 @@ import torch
 
 from aha.logprobs import batch_logprobs
 from aha.model import load_base, load_policy
-from aha.rollout import Rollout, SamplingParams, concat_rollouts, generate
+from aha.rollout import Rollout, concat_rollouts, generate
+from aha.sampling import SamplingParams
 from aha.sampling import truncate_logits
 from aha.update import micro_batches
 

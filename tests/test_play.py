@@ -16,7 +16,8 @@ import torch
 from aha.cli import main
 from aha.model import byte_tokenizer, load_policy
 from aha.play import FORCED_END, Conversation, Settings, generate_forced, make_prompt
-from aha.rollout import SamplingParams, encode_prompts, eos_token_ids, generate
+from aha.rollout import encode_prompts, eos_token_ids, generate
+from aha.sampling import SamplingParams
 
 TOK = byte_tokenizer()
 EOS = TOK.eos_token_id

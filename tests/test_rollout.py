@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from aha.model import load_policy
-from aha.rollout import SamplingParams, completion_mask, encode_prompts, generate, render_prompt
+from aha.rollout import completion_mask, encode_prompts, generate, render_prompt
+from aha.sampling import SamplingParams
 
 
 def test_completion_mask_ends_at_first_eos():
@@ -64,10 +65,13 @@ def test_generate_restores_training_mode():
     assert pol.model.training
 
 
-@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.3, 20)])
-def test_hf_engine_samples_the_tokens_of_transformers_own_warpers(temperature, top_k):
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 20, 1.0), (1.0, 0, 0.9),
+                                                     (0.8, 40, 0.7)])
+def test_hf_engine_samples_the_tokens_of_transformers_own_warpers(temperature, top_k, top_p):
     """The HF engine applies aha/sampling.py's rule as one logits processor in place of transformers'
-    temperature / top-k warpers: same kept logits, same RNG use, so the same tokens at a seed."""
+    temperature / top-k / top-p warpers: same kept logits (top-p departs only at exact ties on the
+    nucleus boundary, which a random model's float logits do not have), same RNG use, so the same tokens
+    at a seed."""
     from aha.rollout import eos_token_ids
     from aha.rollout.hf import neutral_generation_config
 
@@ -77,11 +81,12 @@ def test_hf_engine_samples_the_tokens_of_transformers_own_warpers(temperature, t
     ids, mask = encode_prompts(tok, prompts)
     eos = eos_token_ids(tok, model)
     torch.manual_seed(7)
-    ours = generate(model, tok, prompts, SamplingParams(max_new_tokens=12, temperature=temperature, top_k=top_k))
+    ours = generate(model, tok, prompts, SamplingParams(max_new_tokens=12, temperature=temperature, top_k=top_k,
+                                                        top_p=top_p))
     torch.manual_seed(7)
     with torch.no_grad(), neutral_generation_config(model, eos, tok.pad_token_id):
         raw = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=True,
-                             temperature=temperature, top_k=top_k, top_p=1.0)[:, ids.shape[1]:]
+                             temperature=temperature, top_k=top_k, top_p=top_p)[:, ids.shape[1]:]
     assert torch.equal(ours.completion_ids, raw)
 
 

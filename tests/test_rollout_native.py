@@ -14,7 +14,8 @@ import torch
 from aha import sampling
 from aha.errors import ModelError
 from aha.model import load_base
-from aha.rollout import SamplingParams, decoder, encode_prompts, generate, hf, native
+from aha.rollout import decoder, encode_prompts, generate, hf, native
+from aha.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

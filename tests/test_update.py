@@ -8,7 +8,8 @@ import torch
 
 from aha.config import load_config
 from aha.model import load_policy
-from aha.rollout import SamplingParams, generate
+from aha.rollout import generate
+from aha.sampling import SamplingParams
 from aha.update import micro_batches, policy_update
 
 

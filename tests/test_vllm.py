@@ -19,7 +19,8 @@ from aha.config import LoraConfig, load_config
 from aha.log import read_jsonl
 from aha.logprobs import batch_logprobs
 from aha.model import load_policy
-from aha.rollout import Rollout, SamplingParams, encode_prompts, generate
+from aha.rollout import Rollout, encode_prompts, generate
+from aha.sampling import SamplingParams
 from aha.tasks import get_task
 from aha.update import Mismatch, micro_batches
 

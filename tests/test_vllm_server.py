@@ -26,7 +26,7 @@ import torch
 
 from aha.config import LoraConfig
 from aha.errors import ConfigError, ModelError
-from aha.rollout import SamplingParams
+from aha.sampling import SamplingParams
 from aha.rollout.vllm_server import VLLMServerEngine, _split, server_command
 
 REPO = Path(__file__).resolve().parents[1]

@@ -156,7 +156,7 @@ def train(cfg: Config, resume: str | None = None, overwrite: bool = False) -> Pa
 
         # 6-7. Log, eval, checkpoint: the torch loop's records and metrics; no mismatch (NaN: the sampler
         # returns no log-probs), no refill.
-        times = StepTimes(gen=t_gen - t0, score=t_score - t_gen, update=t_end - t_score)
+        times = StepTimes.from_marks(t0, t_gen, t_score, t_end)
         extra = variant_metrics(None, cfg.algo.drop_zero_std, 0, float((~zero_std).sum()))
         book.after_step(step, StepOutcome(records, float(zero_std.sum()), float(len(zero_std)), stats, lrs[-1],
                                           times, extra))

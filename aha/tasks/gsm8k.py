@@ -36,7 +36,6 @@ from urllib.parse import urlparse
 
 from aha.tasks._common import check_split, check_template, prefill_of, read_rows, resolve_path, templated
 from aha.tasks.answers import CLOSE, OPEN, arithmetic_steps, final_number, last_answer, parse_number
-from aha.tasks.answers import last_number  # noqa: F401  (re-exported: its home before the graders shared it)
 from aha.errors import DataError
 from aha.tasks.base import Example, Messages, Task
 
