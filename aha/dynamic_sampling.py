@@ -55,18 +55,15 @@ def keep_first(flags: list[list[list[bool]]], want: int, rank: int) -> list[bool
     return mine
 
 
-def dynamic_sample(first: Sampled, refill: Callable[[], Sampled] | None, G: int, want: int, drop: bool,
-                   max_extra_rounds: int, pad_id: int,
-                   d: distributed.Dist = distributed.Dist()) -> tuple[Sampled, torch.Tensor, int]:
+def dynamic_sample(first: Sampled, refill: Callable[[], Sampled] | None, G: int, want: int, max_extra_rounds: int,
+                   pad_id: int, d: distributed.Dist = distributed.Dist()) -> tuple[Sampled, torch.Tensor, int]:
     """Given the step's `first` round (this rank's share of prompts_per_step prompts, rolled out and
-    scored), call `refill` (the same for the next prompts) while fewer than `want` groups over all ranks
-    have a spread and extra rounds remain. Without `drop` every group is kept; without `refill` there is
-    no refill.
+    scored), keep the first `want` groups with a reward spread, calling `refill` (the same for the next
+    prompts) while fewer than `want` over all ranks have one and extra rounds remain; without `refill`
+    there is no refill, only the dropping.
 
     Returns (every round's completions merged, keep (N,) bool over them: whole groups, the extra rounds used).
     """
-    if not drop:
-        return first, torch.ones(len(first.group), dtype=torch.bool), 0
     rounds = [first]
     max_extra_rounds = max_extra_rounds if refill is not None else 0
     while True:

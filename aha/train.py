@@ -188,11 +188,12 @@ def grpo_step(learner: Learner, task: Task, examples: Sequence[Example], cfg: Co
     t0 = clock()
     # Rollout and score: G completions per prompt from the current policy, and their rewards.
     first = sample_round(learner, task, examples, cfg, sampling, clock)
-    # DAPO's dynamic sampling: all-equal groups are dropped (drop_zero_std) and refilled from more
-    # prompts, up to max_refill_rounds extra rounds; without drop_zero_std every group is kept.
-    refill = (lambda: sample_round(learner, task, draw(), cfg, sampling, clock)) if draw else None
-    batch, keep, extra_rounds = dynamic_sample(first, refill, G, cfg.prompts_per_step, a.drop_zero_std,
-                                               a.max_refill_rounds, learner.tokenizer.pad_token_id, d)
+    if a.drop_zero_std:  # DAPO's dynamic sampling: all-equal groups dropped, refilled from more prompts
+        refill = (lambda: sample_round(learner, task, draw(), cfg, sampling, clock)) if draw else None
+        batch, keep, extra_rounds = dynamic_sample(first, refill, G, cfg.prompts_per_step, a.max_refill_rounds,
+                                                   learner.tokenizer.pad_token_id, d)
+    else:  # GRPO: every group is kept
+        batch, keep, extra_rounds = first, torch.ones(len(first.group), dtype=torch.bool), 0
     ro = batch.ro
 
     # Advantages over the kept groups (batch statistics over every rank's); all-equal groups carry no

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from aha.rollout.stops import stop_at_strings, stop_token_index
+from aha.sampling import SamplingParams
 
 EOS, PAD = 0, 0
 
@@ -88,8 +89,8 @@ def test_generate_applies_the_stop_strings_of_its_params(monkeypatch):
     one_prompt = (torch.ones(1, 2, dtype=torch.long),) * 2  # (ids, mask)
     monkeypatch.setattr(rollout, "encode_prompts", lambda tokenizer, prompts, device: one_prompt)
     model = torch.nn.Linear(1, 1)
-    ro = rollout.generate(model, tok, ["p"], rollout.SamplingParams(max_new_tokens=30, stop=("</answer>",)), FakeEngine())
+    ro = rollout.generate(model, tok, ["p"], SamplingParams(max_new_tokens=30, stop=("</answer>",)), FakeEngine())
     assert ro.texts == ["<answer>5</answer>"] and int(ro.completion_mask.sum()) == len("<answer>5</answer>")
     assert not ro.truncated.item() and ro.logprobs is not None
-    plain = rollout.generate(model, tok, ["p"], rollout.SamplingParams(max_new_tokens=30), FakeEngine())
+    plain = rollout.generate(model, tok, ["p"], SamplingParams(max_new_tokens=30), FakeEngine())
     assert plain.texts == [CANNED] and plain.truncated.item()
