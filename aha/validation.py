@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aha import variants
 from aha.engines import ENGINES
-from aha.errors import ConfigError
+from aha.errors import ConfigError, did_you_mean
 from aha.trackers import check_trackers
 
 if TYPE_CHECKING:  # config calls these checks: they read its dataclasses through the instance
@@ -47,7 +47,8 @@ def validate(cfg: Config) -> None:
     for key, allowed in _CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(allowed)}"
+                              + did_you_mean(str(value), allowed))
     positive = ["max_steps", "prompts_per_step", "rollout.num_generations", "rollout.max_new_tokens",
                 "algo.mu", "micro_batch_tokens", "logprob_chunk", "lora.r", "keep_last"]
     for key in positive:
@@ -56,9 +57,8 @@ def validate(cfg: Config) -> None:
     non_negative = ["lr", "warmup_steps", "weight_decay", "max_grad_norm", "algo.beta", "algo.epsilon_low",
                     "algo.epsilon_high", "algo.entropy_coef", "algo.max_refill_rounds", "algo.overlong_buffer",
                     "algo.overlong_penalty", "rollout.temperature", "rollout.top_k", "rollout.batch_size",
-                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every", "warn_no_signal_steps",
-                    "max_nonfinite_steps",
-                    "lora.last_layers"]
+                    "eval_every", "eval_limit", "save_every", "log_completions_every", "probe_every",
+                    "warn_no_signal_steps", "max_nonfinite_steps", "lora.last_layers"]
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {_get(cfg, key)}")

@@ -1,6 +1,6 @@
 """The loss's variants by name: one table per choice in config.AlgoConfig, the one place that config
 validation (the allowed values), aha/algo.py (which function runs) and the README's "Algorithm variants"
-table (tests/test_algo_variants.py checks it lists exactly these names) read. Torch-free on purpose,
+table (tests/test_variant_tables.py checks it lists exactly these names) read. Torch-free on purpose,
 as engines.py: config validation imports it, and importing torch costs seconds.
 
 Each value is "module:function"; `aha.algo.variant` imports the function when the loss runs. Every

@@ -1,7 +1,6 @@
 """The algorithm variants (issue 16): each function against values computed by hand from its paper's
-formula, micro-batching invariance of every loss form, batch statistics over ranks, a few training
-steps with exact resume for each variant, and the variants' tables (aha/variants.py, issue 24): what
-reads them, the README's table of them, and a toy variant added through a table alone."""
+formula, micro-batching invariance of every loss form, batch statistics over ranks, and a few training
+steps with exact resume for each variant. The tables that name them: tests/test_variant_tables.py."""
 
 from __future__ import annotations
 

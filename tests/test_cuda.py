@@ -80,7 +80,8 @@ def compiled_step_for_this_device(monkeypatch) -> None:
     """On the GPU the engine's own torch.compile(mode="reduce-overhead") (inductor + CUDA graphs); on the CPU
     dynamo with the eager backend, which traces the same step without a C++ compiler."""
     if not ON_GPU:
-        monkeypatch.setattr(native, "_compiled_step", torch.compile(native._static_step, backend="eager", dynamic=False))
+        compiled = torch.compile(native._static_step, backend="eager", dynamic=False)
+        monkeypatch.setattr(native, "_compiled_step", compiled)
 
 
 def model_on_device(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -250,7 +251,8 @@ def test_qlora_loads_4bit_rolls_out_and_updates(tmp_path: Path, toy_task):
     for engine in ("native", "hf"):
         ro = generate(pol.model, pol.tokenizer, group, SamplingParams(max_new_tokens=12, temperature=1.0), engine)
         assert ro.completion_ids.shape[0] == len(group) and ro.completion_ids.device.type == torch.device(DEVICE).type
-    cfg = load_config("smoke", [f"output_dir={tmp_path / 'run'}", "task=toy", f"device={DEVICE}", f"finetune={finetune}",
+    run_dir = tmp_path / "run"
+    cfg = load_config("smoke", [f"output_dir={run_dir}", "task=toy", f"device={DEVICE}", f"finetune={finetune}",
                                 "gradient_checkpointing=true", "rollout.engine=native", "rollout.max_new_tokens=12",
                                 "lr=0.01", "max_steps=2", "tensorboard=false", "probe_every=0"])
     run = train(cfg)

@@ -39,7 +39,7 @@ def test_readme_variants_table_names_exactly_the_tables_rows():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("### Algorithm variants")[1].split("\n## ")[0]
     named: dict[str, set[str]] = {}
-    for key, value in re.findall(r"`?(algo\.\w+)=(\w+)", section):
+    for key, value in re.findall(r"`?(algo\.\w+)=([\w-]+)", section):
         named.setdefault(key, set()).add(value)
     for key, table in TABLES.items():
         assert named.get(key, set()) == set(table), key
