@@ -74,6 +74,37 @@ def _import_vllm() -> Any:
     return vllm
 
 
+def row_seeds(n_rows: int, greedy: bool) -> list[int | None]:
+    """One vLLM sampling seed per row, drawn from torch's global RNG: rows of a group differ, and a
+    restored RNG state replays a rollout. Greedy rows draw none (the trainer's held-out eval and probe
+    must leave the RNG as they found it). Both vLLM engines (in-process and vllm-server) seed this way."""
+    return [None] * n_rows if greedy else torch.randint(2**31 - 1, (n_rows,)).tolist()
+
+
+def sampling_knobs(params: SamplingParams) -> dict[str, Any]:
+    """vLLM's temperature / top_p / top_k for `params`: as given, or neutral when greedy (temperature 0)."""
+    greedy = params.temperature == 0
+    return {"temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
+            "top_k": params.top_k if params.top_k > 0 and not greedy else 0}
+
+
+def prompt_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
+    """The left-padded prompts (B, P) as B lists of token ids, padding dropped: what vLLM takes."""
+    return [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+
+
+def padded_completions(rows: Sequence[tuple[Sequence[int], Sequence[float]]],
+                       pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B (token ids, their log-probs) pairs -> (ids (B, C) long right-padded with pad_id, log-probs (B, C)
+    float32, 0 at padding), C the longest row (at least 1). On the CPU."""
+    out = torch.full((len(rows), max(1, max(len(ids) for ids, _ in rows))), pad_id, dtype=torch.long)
+    logprobs = torch.zeros(out.shape, dtype=torch.float32)
+    for i, (ids, lps) in enumerate(rows):
+        out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        logprobs[i, :len(ids)] = torch.tensor(lps, dtype=torch.float32)
+    return out, logprobs
+
+
 def adapter_sync_possible(model: torch.nn.Module) -> bool:
     """True when vLLM can serve the policy's peft LoRA adapter as is (adapter-only sync)."""
     cfg = getattr(model, "peft_config", {}).get("default")
@@ -275,17 +306,12 @@ class VLLMEngine:
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
                  eos_ids: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`engine.Engine.generate`: (ids (B, C), log-probs (B, C) float32), on prompt_ids' device."""
-        vllm = self.vllm
-        greedy = params.temperature == 0
-        # One seed per sampled row from the global RNG: rows of a group differ, a restored RNG state
-        # replays. Greedy rows draw none (held-out evals must not move the trainer's stream).
-        seeds = [None] * len(prompt_ids) if greedy else torch.randint(2**31 - 1, (len(prompt_ids),)).tolist()
-        sampling = [vllm.SamplingParams(
-            n=1, max_tokens=params.max_new_tokens, temperature=0.0 if greedy else params.temperature,
-            top_p=1.0 if greedy else params.top_p, top_k=params.top_k if params.top_k > 0 and not greedy else 0,
-            ignore_eos=params.ignore_eos, stop_token_ids=[] if params.ignore_eos else list(eos_ids),
-            detokenize=False, seed=seed, logprobs=0) for seed in seeds]
-        prompts = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        seeds = row_seeds(len(prompt_ids), greedy=params.temperature == 0)
+        sampling = [self.vllm.SamplingParams(
+            n=1, max_tokens=params.max_new_tokens, **sampling_knobs(params), ignore_eos=params.ignore_eos,
+            stop_token_ids=[] if params.ignore_eos else list(eos_ids), detokenize=False, seed=seed, logprobs=0)
+            for seed in seeds]
+        prompts = [{"prompt_token_ids": row} for row in prompt_rows(prompt_ids, prompt_mask)]
         try:
             self._wake()
             # Every call starts from an empty prefix cache: a call's output then depends on its inputs
@@ -296,13 +322,12 @@ class VLLMEngine:
                 outputs = self.llm.generate(prompts, sampling, use_tqdm=False, lora_request=self.request)
         finally:
             self._sleep()
-        rows = [list(o.outputs[0].token_ids) for o in outputs]
-        out = torch.full((len(rows), max(1, max(len(r) for r in rows))), pad_id, dtype=torch.long)
-        logprobs = torch.zeros(out.shape, dtype=torch.float32)
-        for i, (r, o) in enumerate(zip(rows, outputs)):
-            out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        rows = []
+        for o in outputs:
+            ids = list(o.outputs[0].token_ids)
             # logprobs=0: one {token id: Logprob} per position, holding the sampled token's.
-            logprobs[i, :len(r)] = torch.tensor([step[t].logprob for t, step in zip(r, o.outputs[0].logprobs)])
+            rows.append((ids, [step[t].logprob for t, step in zip(ids, o.outputs[0].logprobs)]))
+        out, logprobs = padded_completions(rows, pad_id)
         return out.to(prompt_ids.device), logprobs.nan_to_num(neginf=0.0).to(prompt_ids.device)
 
     def close(self) -> None:

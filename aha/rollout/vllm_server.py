@@ -40,9 +40,10 @@ import torch
 
 from aha.errors import ConfigError, ModelError
 from aha.rollout.decoder import weights_version
+from aha.rollout.vllm import (LORA_RANKS, padded_completions, prompt_rows, row_seeds,
+                             sampling_knobs)
 from aha.sampling import SamplingParams
 
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank choices
 HINT = ("start it with `python -m aha.rollout.vllm_server MODEL --lora-rank R` (the same MODEL as the trainer's; "
         "it runs vLLM's OpenAI server with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True --enable-lora --max-lora-rank R "
         "--logprobs-mode processed_logprobs)")
@@ -229,15 +230,10 @@ class VLLMServerEngine:
         B = prompt_ids.shape[0]
         if B == 0:
             return prompt_ids.new_zeros((0, 1)), torch.zeros((0, 1), device=prompt_ids.device)
-        greedy = params.temperature == 0
-        # One seed per sampled row, drawn from the global RNG: rows of a group differ, a restored RNG state
-        # replays. Greedy draws none (the trainer's probe and eval must leave the RNG as they found it).
-        seeds = [None] * B if greedy else torch.randint(2**31 - 1, (B,)).tolist()
-        rows = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        seeds = row_seeds(B, greedy=params.temperature == 0)
+        rows = prompt_rows(prompt_ids, prompt_mask)
         stops = [] if params.ignore_eos else [int(t) for t in eos_ids]
-        body = {"model": self.adapter, "max_tokens": params.max_new_tokens, "n": 1,
-                "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
-                "top_k": params.top_k if params.top_k > 0 and not greedy else 0,
+        body = {"model": self.adapter, "max_tokens": params.max_new_tokens, "n": 1, **sampling_knobs(params),
                 # neutral sampling whatever the server's generation config says
                 "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
                 "min_tokens": 0, "ignore_eos": params.ignore_eos, "stop_token_ids": stops,
@@ -268,11 +264,7 @@ class VLLMServerEngine:
                 n = next((k + 1 for k, t in enumerate(ids) if t in stops), len(ids))
                 ids, lps = ids[:n], lps[:n]
             cut.append((ids, lps))
-        out = torch.full((B, max(1, max(len(ids) for ids, _ in cut))), pad_id, dtype=torch.long)
-        logprobs = torch.zeros(out.shape, dtype=torch.float32)
-        for i, (ids, lps) in enumerate(cut):
-            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            logprobs[i, :len(ids)] = torch.tensor(lps, dtype=torch.float32)
+        out, logprobs = padded_completions(cut, pad_id)
         return out.to(prompt_ids.device), logprobs.to(prompt_ids.device)
 
     def close(self) -> None:
